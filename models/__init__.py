@@ -1,0 +1,1 @@
+"""Networks: the score model, the time-dependent classifiers and the compositions."""

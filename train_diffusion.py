@@ -1,0 +1,200 @@
+"""Train one base score model on a coloured-MNIST dataset (SPEC §6).
+
+Edit the globals or override them from the command line (--gen-idx MN2 --epochs 20 ...).
+Writes gen_{GEN_IDX}_ckpt_{epoch}.pth (plain state_dict, the reference's format)
+every SAVE_EVERY epochs and after the last one, plus a training state beside
+them for --resume, and a loss-curve PNG at the end.
+
+CPU recipe (about 10 minutes on 2 cores, see README):
+    python train_diffusion.py --preset cpu --gen-idx MN1
+"""
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from cli import UserError, override_globals, run_main
+from custom_datasets import BASE_DATASETS, ColouredMNIST
+from losses import denoising_score_matching_loss
+from models.score_model import ScoreNet
+from sde import VESDE
+from utils import atomic_save, ensure_writable_dir, get_device, load_into, seed_everything
+
+GEN_IDX = "MN1"
+EPOCHS = 200
+BATCH_SIZE = 32
+LR = 1e-2
+LR_END = 1e-4
+LR_SCHEDULE = "exponential"  # reference: per-epoch decay LR -> LR_END; "onecycle" is per step
+EMA_DECAY = 0.0  # 0 = off (reference); > 0 saves the EMA weights as the checkpoint
+CHANNELS = [64, 128, 256, 256]
+EMBED_DIM = 256
+SAVE_EVERY = 5
+TRAIN_SUBSET = 0  # train on this many randomly chosen images; 0 = the whole dataset
+CKPT_DIR = "checkpoints"
+DATA_ROOT = "data"
+SEED = 0
+DEVICE = "auto"
+RESUME = False
+OVERWRITE = False
+PRESET = None
+
+# Named flag sets; explicit flags still win over a preset.
+PRESETS = {
+    "cpu": {"EPOCHS": 12, "BATCH_SIZE": 128, "LR": 5e-3, "LR_SCHEDULE": "onecycle", "EMA_DECAY": 0.999,
+            "CHANNELS": [32, 64, 128, 128]},
+    "paper": {},
+}
+OVERRIDABLE = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "EMA_DECAY", "CHANNELS",
+               "EMBED_DIM", "SAVE_EVERY", "TRAIN_SUBSET", "CKPT_DIR", "DATA_ROOT", "SEED", "DEVICE", "RESUME",
+               "OVERWRITE", "PRESET"]
+CONFIG_KEYS = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "EMA_DECAY", "CHANNELS",
+               "EMBED_DIM", "TRAIN_SUBSET", "SEED"]
+
+
+def parse_args(argv=None):
+    explicit = override_globals(dict(globals()), OVERRIDABLE, __doc__, argv)  # first pass: find --preset
+    defaults = dict(globals())
+    if explicit.PRESET is not None:
+        if explicit.PRESET not in PRESETS:
+            raise UserError(f"unknown preset {explicit.PRESET!r}; choose one of {', '.join(PRESETS)}")
+        defaults.update(PRESETS[explicit.PRESET])
+    override_globals(defaults, OVERRIDABLE, __doc__, argv, positive=["EPOCHS", "BATCH_SIZE", "LR", "LR_END",
+                     "CHANNELS", "EMBED_DIM", "SAVE_EVERY"], choices={"GEN_IDX": list(BASE_DATASETS),
+                     "LR_SCHEDULE": ["exponential", "onecycle"], "PRESET": list(PRESETS) + [None]})
+    config = {name: defaults[name] for name in OVERRIDABLE}
+    if not 0.0 <= config["EMA_DECAY"] < 1.0:
+        raise UserError(f"--ema-decay must be in [0, 1), got {config['EMA_DECAY']}")
+    if len(config["CHANNELS"]) != 4 or config["CHANNELS"][0] % 4 or any(c % 32 for c in config["CHANNELS"][1:]):
+        raise UserError(f"--channels needs 4 values, the first a multiple of 4 and the rest of 32 "
+                        f"(GroupNorm groups); got {config['CHANNELS']}")
+    return config
+
+
+def checkpoint_path(config, epoch):
+    return Path(config["CKPT_DIR"]) / f"gen_{config['GEN_IDX']}_ckpt_{epoch}.pth"
+
+
+def state_path(config):
+    return Path(config["CKPT_DIR"]) / f"gen_{config['GEN_IDX']}_train_state.pth"
+
+
+def existing_run(config):
+    return state_path(config).exists() or any(Path(config["CKPT_DIR"]).glob(f"gen_{config['GEN_IDX']}_ckpt_*.pth"))
+
+
+def make_scheduler(optimizer, config, steps_per_epoch):
+    """Per-epoch exponential decay (reference) or a per-step one-cycle schedule."""
+    if config["LR_SCHEDULE"] == "exponential":
+        gamma = (config["LR_END"] / config["LR"]) ** (1.0 / config["EPOCHS"])
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma), "epoch"
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config["LR"], total_steps=config["EPOCHS"] * steps_per_epoch,
+        final_div_factor=config["LR"] / config["LR_END"] / 25.0), "step"
+
+
+def plot_losses(losses, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(len(losses)), losses, marker="o")
+    ax.set(xlabel="epoch", ylabel="mean training loss", yscale="log", title=Path(path).stem)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(config):
+    device = get_device(config["DEVICE"])
+    ckpt_dir = ensure_writable_dir(config["CKPT_DIR"])
+    resume_file = state_path(config)
+    if config["RESUME"] and not resume_file.is_file():
+        raise UserError(f"nothing to resume: {resume_file} does not exist; run without --resume to start")
+    if not config["RESUME"] and not config["OVERWRITE"] and existing_run(config):
+        raise UserError(f"{ckpt_dir} already holds a run of {config['GEN_IDX']}; pass --resume to continue it "
+                        f"or --overwrite to start over")
+
+    seed_everything(config["SEED"])
+    sde = VESDE()
+    dataset = ColouredMNIST(config["GEN_IDX"], root=config["DATA_ROOT"], train=True)
+    indices = torch.randperm(len(dataset))[:config["TRAIN_SUBSET"]] if config["TRAIN_SUBSET"] else torch.arange(len(dataset))
+    model = ScoreNet(sde.marginal_prob_std, channels=config["CHANNELS"], embed_dim=config["EMBED_DIM"],
+                     input_channels=dataset.channels).to(device)
+    ema = [p.detach().clone() for p in model.parameters()] if config["EMA_DECAY"] > 0 else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["LR"])
+    steps_per_epoch = math.ceil(len(indices) / config["BATCH_SIZE"])
+    scheduler, scheduler_unit = make_scheduler(optimizer, config, steps_per_epoch)
+    start_epoch, losses = 0, []
+
+    if config["RESUME"]:
+        state = torch.load(resume_file, map_location="cpu", weights_only=False)
+        saved = {k: state["config"][k] for k in CONFIG_KEYS}
+        wanted = {k: config[k] for k in CONFIG_KEYS}
+        if saved != wanted:
+            diff = {k: (saved[k], wanted[k]) for k in CONFIG_KEYS if saved[k] != wanted[k]}
+            raise UserError(f"{resume_file} was made with other settings (saved, asked): {diff}")
+        load_into(model, state["model"], resume_file)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema = [p.to(device) for p in state["ema"]]
+        start_epoch, losses, indices = state["epoch"], state["losses"], state["indices"]
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+
+    def save_weights(path):
+        weights = model.state_dict()
+        if ema is not None:  # checkpoints hold the EMA weights, the ones to sample with
+            named = dict(zip([n for n, _ in model.named_parameters()], ema))
+            weights = {k: named.get(k, v) for k, v in weights.items()}
+        atomic_save({k: v.detach().cpu() for k, v in weights.items()}, path)
+
+    if start_epoch >= config["EPOCHS"]:
+        print(f"{resume_file} is complete ({start_epoch} epochs); nothing to do")
+        return model
+    progress = tqdm(total=(config["EPOCHS"] - start_epoch) * steps_per_epoch, desc=f"train {config['GEN_IDX']}")
+    for epoch in range(start_epoch, config["EPOCHS"]):
+        model.train()
+        order = indices[torch.randperm(len(indices))]
+        total, count = 0.0, 0
+        for batch in order.split(config["BATCH_SIZE"]):
+            x = dataset.batch(batch).to(device)
+            loss = denoising_score_matching_loss(model, x, sde)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler_unit == "step":
+                scheduler.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - config["EMA_DECAY"])
+            total += loss.item() * len(batch)
+            count += len(batch)
+            progress.update()
+            progress.set_postfix(epoch=epoch, loss=f"{total / count:.2f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        if scheduler_unit == "epoch":
+            scheduler.step()
+        losses.append(total / count)
+        last = epoch == config["EPOCHS"] - 1
+        if (epoch > 0 and epoch % config["SAVE_EVERY"] == 0) or last:
+            save_weights(checkpoint_path(config, epoch))
+        atomic_save({"config": config, "epoch": epoch + 1, "losses": losses, "indices": indices,
+                     "model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}, resume_file)
+    progress.close()
+    plot_losses(losses, ckpt_dir / f"gen_{config['GEN_IDX']}_loss.png")
+    print(f"saved {checkpoint_path(config, config['EPOCHS'] - 1)} (final loss {losses[-1]:.3f})")
+    return model
+
+
+def main(argv=None):
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,146 @@
+"""Shared helpers: device choice, seeding, checkpoints, image grids."""
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cli import UserError
+
+# The reference figures' colour-blind palette: the R channel is drawn gold, the G channel teal.
+COLORBLIND_PALETTE = torch.tensor([[225, 190, 106], [64, 176, 166]], dtype=torch.float32) / 255.0
+
+
+def get_device(requested: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu; or exactly the device asked for."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def ensure_writable_dir(path) -> Path:
+    """Create `path` if needed and check that files can be written there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to output folder {path}: {error.strerror}; choose another folder") from None
+    return path
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_state_dict_file(path, made_by: str) -> dict:
+    """Load a plain state_dict; floating tensors come back as float32 (half-precision storage is allowed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; create it with {made_by} or pass its path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt or non-torch file
+        raise UserError(f"cannot read checkpoint {path}: {error}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a state_dict")
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_into(model, state_dict, path) -> None:
+    """load_state_dict(strict=True) with a one-line error naming the first mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {path} does not fit {type(model).__name__}: "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for key, value in own.items():
+        if value.shape != state_dict[key].shape:
+            raise UserError(f"checkpoint {path} does not fit {type(model).__name__}: {key} has shape "
+                            f"{list(state_dict[key].shape)}, expected {list(value.shape)}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_score_model(path, sde, device="cpu", channels=None, input_channels=None):
+    """Build a ScoreNet with the architecture stored in a checkpoint and load it, frozen, in eval mode.
+
+    `channels`/`input_channels`, when given, are what the caller expects; a
+    checkpoint of another architecture is then an error naming both.
+    """
+    from models.score_model import ScoreNet, scorenet_config_from_state_dict
+
+    state = load_state_dict_file(path, made_by="train_diffusion.py")
+    try:
+        config = scorenet_config_from_state_dict(state)
+    except ValueError as error:
+        raise UserError(f"checkpoint {path}: {error}") from None
+    for name, expected in (("channels", channels), ("input_channels", input_channels)):
+        if expected is not None and tuple(np.atleast_1d(expected)) != tuple(np.atleast_1d(config[name])):
+            raise UserError(f"checkpoint {path} has {name} {config[name]}, expected {expected}")
+    model = ScoreNet(sde.marginal_prob_std, **config)
+    load_into(model, state, path)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def colorize(samples: torch.Tensor, palette: str = "rgb") -> torch.Tensor:
+    """Map [B, C, H, W] samples in [0, 1] to RGB images [B, 3, H, W].
+
+    1-channel samples become grey; 3-channel samples are shown as they are
+    ("rgb") or with the reference figures' colour-blind palette ("colorblind").
+    """
+    samples = samples.detach().float().clamp(0.0, 1.0).cpu()
+    if samples.shape[1] == 1:
+        return samples.expand(-1, 3, -1, -1)
+    if palette == "rgb":
+        return samples
+    if palette == "colorblind":
+        # [B, 2, H, W] x [2, 3] -> [B, 3, H, W]; channel 2 is always empty in coloured MNIST.
+        return torch.einsum("bkhw,kc->bchw", samples[:, :2], COLORBLIND_PALETTE).clamp(0.0, 1.0)
+    raise UserError(f"unknown palette {palette!r}; use 'rgb' or 'colorblind'")
+
+
+def save_image_grid(samples: torch.Tensor, path, palette: str = "rgb", nrow: int = None, padding: int = 2) -> None:
+    """Save samples as one PNG grid (nrow images per row, square by default)."""
+    from torchvision.utils import make_grid
+
+    images = colorize(samples, palette)
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(len(images)))))
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
+    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array).save(path)
+
+
+def save_samples(samples: torch.Tensor, out_dir, stem: str, meta: dict, palette: str = "rgb") -> Path:
+    """Write <stem>.png (grid), <stem>.pt (the [N, C, 28, 28] tensor) and <stem>.json (what was sampled)."""
+    import json
+
+    out_dir = ensure_writable_dir(out_dir)
+    save_image_grid(samples, out_dir / f"{stem}.png", palette=palette)
+    atomic_save(samples, out_dir / f"{stem}.pt")
+    (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir / f"{stem}.png"
