@@ -11,3 +11,68 @@ def denoising_score_matching_loss(score_model, x, sde, eps=TRAIN_EPS):
     std = sde.marginal_prob_std(t).to(x)[:, None, None, None]
     score = score_model(x + z * std, t)
     return ((score * std + z) ** 2).flatten(1).sum(dim=1).mean()
+
+
+# ---- Time-dependent classifier losses (SPEC §6) ----
+# Trajectory steps with t > NON_TERMINAL_MAX_TIME are never trained on: the reference finds them too noisy.
+NON_TERMINAL_MAX_TIME = 0.7
+JOINT_STEP_FRACTION = 0.1  # the joint classifier trains on ~10% of the steps with t <= 0.7 per optimizer step
+CONDITIONAL_STEPS_PER_TRAJECTORY = 50  # the conditional one keeps each such step with probability 50 / N
+
+
+def select_steps(times, keep_prob, include_last, generator=None, max_time=NON_TERMINAL_MAX_TIME):
+    """Indices of trajectory steps to train on: each step before the last with t <= max_time is kept
+    independently with probability `keep_prob`; the last (terminal) step is always kept if `include_last`,
+    never otherwise. `times` are the grid times of the stored steps, the terminal one last."""
+    candidates = (times[:-1] <= max_time).cpu()
+    drawn = torch.rand(len(candidates), generator=generator) < keep_prob
+    steps = torch.nonzero(candidates & drawn).flatten()
+    if include_last:
+        steps = torch.cat([steps, torch.tensor([len(times) - 1])])
+    return steps
+
+
+def joint_terminal_loss(joint_log_probs, labels):
+    """Cross-entropy of the marginal log Q(y = label | x_0); joint_log_probs [B, m, m], labels 0-based [B]."""
+    from models.classifier_model import marginal_log_probs
+
+    return torch.nn.functional.nll_loss(marginal_log_probs(joint_log_probs), labels)
+
+
+def joint_soft_targets(labels, target_marginal_probs):
+    """w[a, b] = 1[a = label] * Q_target(y = b | x_0): the source model is y1; y2 is drawn from the frozen
+    target's posterior at the trajectory's end. labels 0-based [B], target_marginal_probs [B, m] -> [B, m, m]."""
+    num_labels = target_marginal_probs.shape[1]
+    source = torch.nn.functional.one_hot(labels, num_labels).to(target_marginal_probs)
+    return source[:, :, None] * target_marginal_probs[:, None, :]
+
+
+def joint_non_terminal_loss(joint_log_probs, soft_targets, samples_per_step, num_steps,
+                            max_time=NON_TERMINAL_MAX_TIME, step_fraction=JOINT_STEP_FRACTION):
+    """Sum over the selected steps of -mean(w * log Q) (the mean over samples and all m x m label cells,
+    as the reference), weighted 1 / (N (1 - max_time) step_fraction).
+
+    joint_log_probs, soft_targets: [steps * samples_per_step, m, m] for the selected steps stacked.
+    num_steps: N, the length of the sampling grid the trajectories came from.
+    """
+    cells = soft_targets.shape[1] * soft_targets.shape[2]
+    step_weight = 1.0 / (num_steps * (1.0 - max_time) * step_fraction)
+    return -(soft_targets * joint_log_probs).sum() / (samples_per_step * cells) * step_weight
+
+
+def conditional_keep_prob(num_steps, steps_per_trajectory=CONDITIONAL_STEPS_PER_TRAJECTORY):
+    """Probability 50/N of keeping a step, capped at 1 for grids shorter than 50 steps."""
+    return min(1.0, steps_per_trajectory / num_steps)
+
+
+def conditional_classifier_loss(log_probs, soft_targets, samples_per_source, num_sources, num_steps,
+                                max_time=NON_TERMINAL_MAX_TIME):
+    """-sum(w * log Q3) over the selected steps, weighted 1 / ((1 - max_time) * keep probability), all
+    divided by (N * samples per label pair * number of label pairs), as the reference.
+
+    log_probs, soft_targets: [selected samples, m]; soft_targets are the frozen joint classifier's
+    marginal Q(y | x_0) at each trajectory's terminal state.
+    """
+    step_weight = 1.0 / ((1.0 - max_time) * conditional_keep_prob(num_steps))
+    total = -(soft_targets * log_probs).sum() * step_weight
+    return total / (num_steps * samples_per_source * num_sources)

@@ -27,7 +27,6 @@ BATCH_SIZE = 32
 LR = 1e-2
 LR_END = 1e-4
 LR_SCHEDULE = "exponential"  # reference: per-epoch decay LR -> LR_END; "onecycle" is per step
-EMA_DECAY = 0.0  # 0 = off (reference); > 0 saves the EMA weights as the checkpoint
 CHANNELS = [64, 128, 256, 256]
 EMBED_DIM = 256
 SAVE_EVERY = 5
@@ -42,15 +41,14 @@ PRESET = None
 
 # Named flag sets; explicit flags still win over a preset.
 PRESETS = {
-    "cpu": {"EPOCHS": 12, "BATCH_SIZE": 128, "LR": 5e-3, "LR_SCHEDULE": "onecycle", "EMA_DECAY": 0.999,
-            "CHANNELS": [32, 64, 128, 128]},
+    "cpu": {"EPOCHS": 12, "BATCH_SIZE": 128, "LR": 5e-3, "LR_SCHEDULE": "onecycle", "CHANNELS": [32, 64, 128, 128]},
     "paper": {},
 }
-OVERRIDABLE = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "EMA_DECAY", "CHANNELS",
-               "EMBED_DIM", "SAVE_EVERY", "TRAIN_SUBSET", "CKPT_DIR", "DATA_ROOT", "SEED", "DEVICE", "RESUME",
+OVERRIDABLE = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",
+               "SAVE_EVERY", "TRAIN_SUBSET", "CKPT_DIR", "DATA_ROOT", "SEED", "DEVICE", "RESUME",
                "OVERWRITE", "PRESET"]
-CONFIG_KEYS = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "EMA_DECAY", "CHANNELS",
-               "EMBED_DIM", "TRAIN_SUBSET", "SEED"]
+CONFIG_KEYS = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",
+               "TRAIN_SUBSET", "SEED"]
 
 
 def parse_args(argv=None):
@@ -64,11 +62,8 @@ def parse_args(argv=None):
                      "CHANNELS", "EMBED_DIM", "SAVE_EVERY"], choices={"GEN_IDX": list(BASE_DATASETS),
                      "LR_SCHEDULE": ["exponential", "onecycle"], "PRESET": list(PRESETS) + [None]})
     config = {name: defaults[name] for name in OVERRIDABLE}
-    if not 0.0 <= config["EMA_DECAY"] < 1.0:
-        raise UserError(f"--ema-decay must be in [0, 1), got {config['EMA_DECAY']}")
-    if len(config["CHANNELS"]) != 4 or config["CHANNELS"][0] % 4 or any(c % 32 for c in config["CHANNELS"][1:]):
-        raise UserError(f"--channels needs 4 values, the first a multiple of 4 and the rest of 32 "
-                        f"(GroupNorm groups); got {config['CHANNELS']}")
+    if len(config["CHANNELS"]) != 4 or any(c % 32 for c in config["CHANNELS"]):
+        raise UserError(f"--channels needs 4 multiples of 32 (GroupNorm uses 32 groups); got {config['CHANNELS']}")
     return config
 
 
@@ -123,7 +118,6 @@ def train(config):
     indices = torch.randperm(len(dataset))[:config["TRAIN_SUBSET"]] if config["TRAIN_SUBSET"] else torch.arange(len(dataset))
     model = ScoreNet(sde.marginal_prob_std, channels=config["CHANNELS"], embed_dim=config["EMBED_DIM"],
                      input_channels=dataset.channels).to(device)
-    ema = [p.detach().clone() for p in model.parameters()] if config["EMA_DECAY"] > 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config["LR"])
     steps_per_epoch = math.ceil(len(indices) / config["BATCH_SIZE"])
     scheduler, scheduler_unit = make_scheduler(optimizer, config, steps_per_epoch)
@@ -139,19 +133,10 @@ def train(config):
         load_into(model, state["model"], resume_file)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema = [p.to(device) for p in state["ema"]]
         start_epoch, losses, indices = state["epoch"], state["losses"], state["indices"]
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
-
-    def save_weights(path):
-        weights = model.state_dict()
-        if ema is not None:  # checkpoints hold the EMA weights, the ones to sample with
-            named = dict(zip([n for n, _ in model.named_parameters()], ema))
-            weights = {k: named.get(k, v) for k, v in weights.items()}
-        atomic_save({k: v.detach().cpu() for k, v in weights.items()}, path)
 
     if start_epoch >= config["EPOCHS"]:
         print(f"{resume_file} is complete ({start_epoch} epochs); nothing to do")
@@ -169,9 +154,6 @@ def train(config):
             optimizer.step()
             if scheduler_unit == "step":
                 scheduler.step()
-            if ema is not None:
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - config["EMA_DECAY"])
             total += loss.item() * len(batch)
             count += len(batch)
             progress.update()
@@ -181,9 +163,9 @@ def train(config):
         losses.append(total / count)
         last = epoch == config["EPOCHS"] - 1
         if (epoch > 0 and epoch % config["SAVE_EVERY"] == 0) or last:
-            save_weights(checkpoint_path(config, epoch))
+            atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, checkpoint_path(config, epoch))
         atomic_save({"config": config, "epoch": epoch + 1, "losses": losses, "indices": indices,
-                     "model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(),
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                      "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}, resume_file)
     progress.close()

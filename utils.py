@@ -144,3 +144,61 @@ def save_samples(samples: torch.Tensor, out_dir, stem: str, meta: dict, palette:
     atomic_save(samples, out_dir / f"{stem}.pt")
     (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir / f"{stem}.png"
+
+
+def load_classifier(path, classifier_class, device="cpu", made_by="train_classifier.py"):
+    """Build `classifier_class` with the architecture stored in a checkpoint and load it, frozen, in eval mode."""
+    from models.classifier_model import classifier_config_from_state_dict
+
+    state = load_state_dict_file(path, made_by=made_by)
+    try:
+        config = classifier_config_from_state_dict(state)
+    except ValueError as error:
+        raise UserError(f"checkpoint {path}: {error}") from None
+    model = classifier_class(**config)
+    load_into(model, state, path)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations, guidance_scales) -> Path:
+    """The composition sampling scripts' shared body: load, compose, sample, save.
+
+    `config` holds the scripts' globals (CKPT_DIR, CKPT_EPOCH, CKPT_PATH_<k>,
+    NUM_SAMPLES, BATCH_SIZE, NUM_STEPS, SNR, SEED, PALETTE, OUT_DIR, DEVICE).
+    `classifier_specs`: (checkpoint, classifier class, script that trains it)
+    for the joint classifier of (y1, y2), then for the conditional one of y3 if
+    there are three observations; one guidance scale each. Writes
+    composition_<models>_y1-<y1>_..._g<scale>... .png/.pt/.json in OUT_DIR.
+    """
+    from custom_datasets import dataset_spec
+    from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
+    from samplers import sample_in_batches
+    from sde import VESDE
+
+    ensure_writable_dir(config["OUT_DIR"])
+    device = get_device(config["DEVICE"])
+    sde = VESDE()
+    classifiers = [load_classifier(path, cls, device, made_by) for path, cls, made_by in classifier_specs]
+    epoch = config["CKPT_EPOCH"]
+    checkpoints = [config[f"CKPT_PATH_{k}"] or str(Path(config["CKPT_DIR"]) / f"gen_{name}_ckpt_{epoch}.pth")
+                   for k, name in enumerate(gen_idxs, start=1)]
+    score_models = [load_score_model(path, sde, device, input_channels=dataset_spec(name)[0])
+                    for name, path in zip(gen_idxs, checkpoints)]
+    try:
+        composition = BinaryDiffusionComposition(score_models, classifiers[0], *observations[:2], guidance_scales[0])
+        if len(observations) == 3:
+            composition = ConditionalDiffusionComposition(composition, classifiers[1], observations[2],
+                                                          guidance_scales[1])
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    samples = sample_in_batches(composition, sde, config["NUM_SAMPLES"], config["BATCH_SIZE"], config["NUM_STEPS"],
+                                config["SNR"], device, config["SEED"])
+    stem = "_".join(["composition", *gen_idxs, *(f"y{k}-{y}" for k, y in enumerate(observations, start=1)),
+                     *(f"g{scale:g}" for scale in guidance_scales)])
+    meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
+            "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
+            "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],
+            "num_steps": config["NUM_STEPS"], "snr": config["SNR"], "seed": config["SEED"]}
+    png = save_samples(samples, config["OUT_DIR"], stem, meta, config["PALETTE"])
+    print(f"saved {png} ({len(samples)} samples)")
+    return png

@@ -1,0 +1,69 @@
+"""Exact target distributions of compositions over (digit, colour) cells (SPEC §1, §8).
+
+Each base model i is taken to be its dataset D_i with every image equally
+likely: p_i(x) = 1/|D_i| for an image of a cell of D_i, else 0. All images of
+a cell share that density, so a cell's share of the composition
+p(x | y_1..y_n) ∝ p_M(x) prod_k p(y_k | x) is
+    count(cell) · p_M(x) · prod_k p(y_k | x),
+with p_M = (1/m) sum_i p_i and p(y = k | x) = p_k(x) / sum_j p_j(x), normalised.
+count(cell) is the number of MNIST training images of the cell's digit (each
+colour of a digit holds all of them). No observations gives the plain mixture;
+one model gives that base model.
+"""
+from functools import lru_cache
+
+import torch
+
+from cli import UserError
+from custom_datasets import DATA_ROOT, dataset_spec, load_mnist
+
+
+@lru_cache(maxsize=None)
+def digit_counts(root=DATA_ROOT) -> tuple:
+    """Number of MNIST training images of each digit 0..9, counted from the labels."""
+    _, labels = load_mnist(root, train=True)
+    return tuple(torch.bincount(labels, minlength=10).tolist())
+
+
+def cell_name(cell) -> str:
+    """(0, "red") -> "red 0"."""
+    digit, colour = cell
+    return f"{colour} {digit}"
+
+
+def validate_composition(models, observations) -> int:
+    """The samples' channel count of a composition; a UserError for unknown models or labels out of range."""
+    if not models:
+        raise UserError("no base models given; name them, e.g. --models M1 M2")
+    channels = {dataset_spec(name)[0] for name in models}
+    if len(channels) > 1:
+        raise UserError(f"models {list(models)} mix grey (1-channel) and coloured (3-channel) datasets")
+    for label in observations:
+        if not 1 <= label <= len(models):
+            raise UserError(f"observation {label} is out of range: labels are 1-based, 1..{len(models)} "
+                            f"for models {list(models)}")
+    return channels.pop()
+
+
+def target_distribution(models, observations=(), root=DATA_ROOT) -> dict:
+    """{(digit, colour): probability} of p(x | y_1..y_n) for the base models' datasets, largest first, zeros left out."""
+    models = [str(name) for name in models]
+    validate_composition(models, observations)
+    counts = digit_counts(root)
+    model_cells = [set(dataset_spec(name)[1]) for name in models]
+    # Density of one image of each model: 1/|D_i|.
+    image_density = [1.0 / sum(counts[digit] for digit, _ in cells) for cells in model_cells]
+    weights = {}
+    for cell in sorted(set().union(*model_cells)):
+        densities = [density if cell in cells else 0.0 for density, cells in zip(image_density, model_cells)]
+        total = sum(densities)
+        weight = counts[cell[0]] * total / len(models)
+        for label in observations:
+            weight *= densities[label - 1] / total
+        if weight > 0:
+            weights[cell] = weight
+    if not weights:
+        raise UserError(f"observations {list(observations)} of models {models} have no common support: "
+                        f"the composition is empty")
+    norm = sum(weights.values())
+    return dict(sorted(((cell, w / norm) for cell, w in weights.items()), key=lambda item: -item[1]))

@@ -1,0 +1,60 @@
+"""Checkpoint I/O: atomic writes, half-precision storage, architecture checks."""
+import pytest
+import torch
+
+import utils
+from cli import UserError
+from models.score_model import ScoreNet
+from sde import VESDE
+from utils import atomic_save, load_score_model, load_state_dict_file
+
+SMALL = (32, 32, 32, 32)
+
+
+def small_model(in_ch=3):
+    return ScoreNet(VESDE().marginal_prob_std, channels=SMALL, embed_dim=32, input_channels=in_ch)
+
+
+def test_round_trip_half_precision_restores_float32(tmp_path):
+    model = small_model()
+    path = tmp_path / "gen_M1_ckpt_5.pth"
+    atomic_save({k: v.half() for k, v in model.state_dict().items()}, path)
+    loaded = load_score_model(path, VESDE())
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, model.state_dict()[key], atol=2e-3, rtol=1e-3)
+    assert loaded.channels == SMALL and loaded.input_channels == 3
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    atomic_save({"a": torch.ones(2)}, path)
+
+    def broken_save(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(utils.torch, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_save({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temp file left behind
+
+
+def test_missing_checkpoint_names_the_script_that_makes_it(tmp_path):
+    with pytest.raises(UserError, match="not found.*train_diffusion.py"):
+        load_state_dict_file(tmp_path / "nope.pth", made_by="train_diffusion.py")
+
+
+def test_other_architecture_says_expected_and_found(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save(small_model(in_ch=1).state_dict(), path)
+    with pytest.raises(UserError, match=r"input_channels 1, expected 3"):
+        load_score_model(path, VESDE(), input_channels=3)
+    with pytest.raises(UserError, match=r"channels \(32, 32, 32, 32\), expected \(64, 128, 256, 256\)"):
+        load_score_model(path, VESDE(), channels=(64, 128, 256, 256))
+    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(UserError, match="not a ScoreNet"):
+        load_score_model(path, VESDE())

@@ -1,0 +1,120 @@
+"""train_diffusion.py and sample_individual_model.py: CLI, resume, bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_diffusion
+import sample_individual_model
+from cli import UserError, flag_name
+
+TINY = ["--gen-idx", "M1", "--channels", "32", "32", "32", "32", "--embed-dim", "16", "--train-subset", "64",
+        "--batch-size", "32", "--epochs", "2", "--save-every", "1"]
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_global():
+    out = run_script("train_diffusion.py", "--help").stdout
+    for name in train_diffusion.OVERRIDABLE:
+        assert flag_name(name) in out
+
+
+def test_cli_overrides_and_preset(data_root):
+    config = train_diffusion.parse_args(["--gen-idx", "MN2", "--epochs", "20", "--channels", "32", "64", "96", "128"])
+    assert (config["GEN_IDX"], config["EPOCHS"], config["CHANNELS"]) == ("MN2", 20, [32, 64, 96, 128])
+    assert config["BATCH_SIZE"] == 32 and config["LR_SCHEDULE"] == "exponential"  # reference defaults
+    preset = train_diffusion.parse_args(["--preset", "cpu", "--epochs", "3"])
+    assert preset["EPOCHS"] == 3  # an explicit flag wins over the preset
+    assert preset["LR_SCHEDULE"] == "onecycle" and preset["CHANNELS"] == [32, 64, 128, 128]
+
+
+def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    train_diffusion.main(TINY + ["--ckpt-dir", str(whole), "--data-root", str(data_root)])
+
+    interrupted = tmp_path / "interrupted"
+    real_save = train_diffusion.atomic_save
+
+    def save_then_crash(obj, path):
+        real_save(obj, path)
+        if str(path).endswith("train_state.pth") and obj["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_diffusion, "atomic_save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion.main(TINY + ["--ckpt-dir", str(interrupted), "--data-root", str(data_root)])
+    monkeypatch.undo()
+    assert not (interrupted / "gen_M1_ckpt_1.pth").exists()
+    train_diffusion.main(TINY + ["--ckpt-dir", str(interrupted), "--data-root", str(data_root), "--resume"])
+
+    a = torch.load(whole / "gen_M1_ckpt_1.pth")
+    b = torch.load(interrupted / "gen_M1_ckpt_1.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (whole / "gen_M1_loss.png").stat().st_size > 0
+
+
+def test_existing_run_is_not_overwritten(data_root, tmp_path):
+    args = TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1"]
+    train_diffusion.main(args)
+    before = (tmp_path / "gen_M1_ckpt_0.pth").read_bytes()
+    with pytest.raises(UserError, match="--resume.*--overwrite"):
+        train_diffusion.main(args)
+    assert (tmp_path / "gen_M1_ckpt_0.pth").read_bytes() == before
+    with pytest.raises(UserError, match="other settings"):
+        train_diffusion.main(args[:-1] + ["3", "--resume"])  # --epochs 3 changes the schedule
+    with pytest.raises(UserError, match="nothing to resume"):
+        train_diffusion.main(TINY + ["--ckpt-dir", str(tmp_path / "empty"), "--resume"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--gen-idx", "M7"], "invalid choice: 'M7'"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--batch-size", "-4"], "--batch-size must be positive"),
+    (["--channels", "30", "64"], "--channels needs 4 multiples of 32"),
+])
+def test_bad_training_input_is_one_line_and_nonzero(args, message):
+    result = run_script("train_diffusion.py", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_script("train_diffusion.py", "--ckpt-dir", str(blocker / "sub"))
+    assert result.returncode == 2 and "cannot write to output folder" in result.stderr
+
+
+def test_sample_script_writes_grid_tensor_and_settings(tmp_path):
+    from models.score_model import ScoreNet
+    from sde import VESDE
+
+    ckpt = tmp_path / "gen_M2_ckpt_195.pth"
+    torch.save(ScoreNet(VESDE().marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=16,
+                        input_channels=3).state_dict(), ckpt)
+    sample_individual_model.main(["--gen-idx", "M2", "--ckpt-dir", str(tmp_path), "--num-samples", "5",
+                                  "--batch-size", "3", "--num-steps", "3", "--out-dir", str(tmp_path / "out"),
+                                  "--palette", "colorblind"])
+    samples = torch.load(tmp_path / "out" / "individual_M2.pt")
+    assert samples.shape == (5, 3, 28, 28) and 0 <= float(samples.min()) and float(samples.max()) <= 1
+    meta = json.loads((tmp_path / "out" / "individual_M2.json").read_text())
+    assert meta["models"] == ["M2"] and meta["num_steps"] == 3
+    assert (tmp_path / "out" / "individual_M2.png").stat().st_size > 0
+
+
+def test_sample_script_bad_checkpoints(tmp_path):
+    missing = run_script("sample_individual_model.py", "--ckpt-dir", str(tmp_path))
+    assert missing.returncode == 2 and "train_diffusion.py" in missing.stderr
+    from models.score_model import ScoreNet
+    from sde import VESDE
+
+    torch.save(ScoreNet(VESDE().marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=16,
+                        input_channels=1).state_dict(), tmp_path / "gen_MN1_ckpt_195.pth")
+    mismatch = run_script("sample_individual_model.py", "--ckpt-dir", str(tmp_path))
+    assert mismatch.returncode == 2 and "input_channels 1, expected 3" in mismatch.stderr

@@ -1,0 +1,105 @@
+"""Train the conditional classifier Q3(y3 | x_t, y1, y2) of three base models (SPEC §6).
+
+For every unordered label pair {y1, y2} in {11, 12, 13, 22, 23, 33}, trajectories are sampled from the
+composition p(x | y1, y2) (BinaryDiffusionComposition with the trained 3-way joint classifier, guidance
+scale 10); the soft target of y3 is the joint classifier's marginal Q(y | x_0) at each trajectory's end.
+Reference defaults: 200 Adadelta steps (lr 0.1), 128 fresh trajectories per pair (500 PC steps) for
+every step, a test every 10 steps (300 trajectories per pair) and a checkpoint
+3way_conditional_classifier_ckpt_{step}.pth every 20 steps.
+
+CPU-scale example: see train_classifier.py (the same pool and trunk flags), plus --joint-classifier-path.
+"""
+import torch
+
+from classifier_training import (TrajectoryPool, build_classifier, conditional_training_loss, every_nth_step, fit,
+                                 load_base_models, make_tester, parse_config, sample_trajectories, start_run,
+                                 trainable_steps)
+from cli import UserError, run_main
+from custom_datasets import BASE_DATASETS
+from models.classifier_model import (ThreeWayConditionalYClassifier, ThreeWayJointYClassifier, marginal_log_probs,
+                                     unordered_pairs)
+from models.compositions import BinaryDiffusionComposition
+from sde import VESDE
+from utils import load_classifier
+
+GEN_IDX_1 = "MN1"
+GEN_IDX_2 = "MN2"
+GEN_IDX_3 = "MN3"
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = 195  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+JOINT_CLASSIFIER_PATH = "checkpoints/3way_classifier_ckpt_700.pth"
+GUIDANCE_SCALE = 10.0  # lambda of the compositions whose trajectories are trained on
+STEPS = 200
+BATCH_SIZE = 128  # trajectories per label pair in each optimizer step
+POOL_SIZE = 128  # trajectories per label pair sampled at once (reference: = BATCH_SIZE)
+POOL_REUSE = 1  # optimizer steps served by one pool before it is resampled (reference: 1)
+TRAJECTORY_STEPS = 500  # PC sampler steps N
+SNR = 0.16
+LR = 0.1
+LR_DECAY = 1.0  # StepLR gamma per optimizer step; 1 = constant (reference)
+CLASSIFIER_CHANNELS = [64, 64]
+EMBED_DIM = 256
+T_EMBED_DIM = 128
+TEST_EVERY = 10
+TEST_SAMPLES = 300  # test trajectories per label pair, sampled once at the start
+TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
+CKPT_EVERY = 20
+CKPT_DIR = "checkpoints"
+CLASSIFIER_NAME = "3way_conditional_classifier"  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
+SEED = 0
+DEVICE = "auto"
+OVERWRITE = False
+
+OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "JOINT_CLASSIFIER_PATH",
+               "GUIDANCE_SCALE", "STEPS", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "LR",
+               "LR_DECAY", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY", "TEST_SAMPLES",
+               "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE"]
+
+PAIRS = sorted(unordered_pairs(3))  # (1,1), (1,2), (1,3), (2,2), (2,3), (3,3), the reference's order
+
+
+def train(config):
+    device, _ = start_run(config)
+    sde = VESDE()
+    gen_idxs = [config[f"GEN_IDX_{k}"] for k in (1, 2, 3)]
+    score_models = load_base_models(config, gen_idxs, sde, device)
+    joint = load_classifier(config["JOINT_CLASSIFIER_PATH"], ThreeWayJointYClassifier, device,
+                            made_by="train_3way_classifier.py")
+    try:
+        compositions = [BinaryDiffusionComposition(score_models, joint, y_1, y_2, config["GUIDANCE_SCALE"])
+                        for y_1, y_2 in PAIRS]
+    except ValueError as error:
+        raise UserError(f"{config['JOINT_CLASSIFIER_PATH']}: {error}") from None
+    classifier = build_classifier(ThreeWayConditionalYClassifier, config, score_models[0].input_channels, device)
+    sampler_generator = torch.Generator(device=device).manual_seed(config["SEED"])
+    draw_generator = torch.Generator().manual_seed(config["SEED"])
+
+    def sample(count, keep):
+        return sample_trajectories(compositions, count, config["TRAJECTORY_STEPS"], keep, sde, config["SNR"],
+                                   device, sampler_generator)
+
+    test = sample(config["TEST_SAMPLES"], every_nth_step(config["TEST_STEP_STRIDE"]))
+    with torch.no_grad():
+        test_targets = marginal_log_probs(
+            joint(test.states[-1], torch.full((len(test.sources),), test.terminal_time, device=device))).exp()
+    test_pairs = torch.tensor(PAIRS, device=device)[test.sources]
+    pool = TrajectoryPool(lambda count: sample(count, trainable_steps), config["POOL_SIZE"], config["POOL_REUSE"])
+
+    def training_loss(step):
+        samples = pool.draw(config["BATCH_SIZE"], draw_generator)
+        return conditional_training_loss(classifier, joint, pool.trajectories, samples, PAIRS, draw_generator)
+
+    def predict(x, t, samples):
+        return classifier(x, t, test_pairs[samples, 0], test_pairs[samples, 1])
+
+    run_test = make_tester(config, classifier, predict, test, test_targets, [f"y=({a},{b})" for a, b in PAIRS])
+    return fit(config, classifier, training_loss, run_test)
+
+
+def main(argv=None):
+    train(parse_config(globals(), OVERRIDABLE, __doc__, argv,
+                       choices={f"GEN_IDX_{k}": list(BASE_DATASETS) for k in (1, 2, 3)}))
+
+
+if __name__ == "__main__":
+    run_main(main)

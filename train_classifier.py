@@ -1,0 +1,59 @@
+"""Train the joint classifier Q(y1, y2 | x_t) of two base models on their sampling trajectories (SPEC §6).
+
+Reference defaults (M1 vs M2): 200 Adadelta steps (lr 1.0, decayed 0.97 per step), the first 100 on the
+terminal loss only, fresh trajectories (128 per model, 500 PC steps) for every step, the bootstrap
+target copied before every step, a test and a checkpoint classifier_ckpt_{step}.pth every 25 steps.
+Also trains the grey subdigits pair: --gen-idx-1 1 --gen-idx-2 2 --classifier-name subdigits_classifier.
+
+CPU-scale example (a pool of trajectories reused for several steps, fewer sampler steps, a narrower trunk):
+    python train_classifier.py --gen-ckpt-dir runs/cpu --gen-ckpt-epoch 11 --trajectory-steps 100 \
+        --pool-size 256 --pool-reuse 20 --classifier-channels 16 32 --test-samples 100
+"""
+from classifier_training import parse_config, train_joint_classifier
+from cli import run_main
+from custom_datasets import BASE_DATASETS
+from models.classifier_model import JointYClassifier
+
+GEN_IDX_1 = "M1"
+GEN_IDX_2 = "M2"
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = 195  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+STEPS = 200
+WARMUP_STEPS = 100  # terminal loss only for these first steps
+BATCH_SIZE = 128  # trajectories per model in each optimizer step
+POOL_SIZE = 128  # trajectories per model sampled at once (reference: = BATCH_SIZE)
+POOL_REUSE = 1  # optimizer steps served by one pool before it is resampled (reference: 1)
+TRAJECTORY_STEPS = 500  # PC sampler steps N
+SNR = 0.16
+LR = 1.0
+LR_DECAY = 0.97  # StepLR gamma per optimizer step; 1 = constant
+TARGET_UPDATE_EVERY = 1  # copy the bootstrap target before every this many steps
+TERMINAL_LOSS_SCALE = 1.0
+CLASSIFIER_CHANNELS = [32, 64]
+EMBED_DIM = 256
+T_EMBED_DIM = 128
+TEST_EVERY = 25
+TEST_SAMPLES = 300  # test trajectories per model, sampled once at the start
+TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
+CKPT_EVERY = 25
+CKPT_DIR = "checkpoints"
+CLASSIFIER_NAME = "classifier"  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
+SEED = 0
+DEVICE = "auto"
+OVERWRITE = False
+
+OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "STEPS", "WARMUP_STEPS", "BATCH_SIZE",
+               "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "LR", "LR_DECAY", "TARGET_UPDATE_EVERY",
+               "TERMINAL_LOSS_SCALE", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY",
+               "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED", "DEVICE",
+               "OVERWRITE"]
+
+
+def main(argv=None):
+    config = parse_config(globals(), OVERRIDABLE, __doc__, argv,
+                          choices={"GEN_IDX_1": list(BASE_DATASETS), "GEN_IDX_2": list(BASE_DATASETS)})
+    train_joint_classifier(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]], JointYClassifier)
+
+
+if __name__ == "__main__":
+    run_main(main)
