@@ -146,7 +146,7 @@ def save_samples(samples: torch.Tensor, out_dir, stem: str, meta: dict, palette:
     return out_dir / f"{stem}.png"
 
 
-def load_classifier(path, classifier_class, device="cpu", made_by="train_classifier.py"):
+def load_classifier(path, classifier_class, device, made_by):
     """Build `classifier_class` with the architecture stored in a checkpoint and load it, frozen, in eval mode."""
     from models.classifier_model import classifier_config_from_state_dict
 

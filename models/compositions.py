@@ -4,10 +4,11 @@ A composition is itself a score model, (x, t) -> score with an `input_channels`
 attribute: it can be sampled by the PC sampler and be a base model of a
 further composition.
 
-Improvement over the reference: every frozen network (base score models,
-classifiers) is switched to eval mode with requires_grad_(False) at
-construction, so dropout is off while classifiers guide sampling; the
-reference left dropout active.
+Improvement over the reference: every network passed in (base score models,
+classifiers) is switched, in place, to eval mode with requires_grad_(False)
+at construction, so dropout is off while classifiers guide sampling; the
+reference left dropout active. Base scores are evaluated without grad; the
+classifier gets grad locally for its guidance term; outputs are detached.
 """
 import torch
 import torch.nn as nn
@@ -20,7 +21,7 @@ def _frozen(network: nn.Module) -> nn.Module:
 
 
 def _check_label(name: str, label: int, num_models: int) -> int:
-    if not 1 <= int(label) <= num_models:
+    if label != int(label) or not 1 <= int(label) <= num_models:
         raise ValueError(f"{name} must be in 1..{num_models} (1-based model index), got {label}")
     return int(label)
 
