@@ -4,7 +4,7 @@ Reads <stem>.pt (samples [N, C, 28, 28] in [0, 1]) and the <stem>.json beside
 it for the base models and observations (--models / --observations override
 or supply them), classifies every sample with the oracle (models/oracle.py)
 into a (digit, colour) cell, and compares with the exact target of targets.py:
-    python evaluate_composition.py --samples outputs/composition_M1_M2.pt
+    python evaluate_composition.py --samples outputs/composition_M1_M2_y1-1_y2-1_g20.pt
 Prints a table, and writes <stem>_eval.json and <stem>_eval.png (target vs
 measured per cell) beside the samples or in --out-dir. Generates nothing.
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cli import UserError, override_globals, run_main
+from custom_datasets import COLOURS
 from models.oracle import CONFIDENCE, ORACLE_COLOURS, ORACLE_PATH, load_oracle, predict
 from targets import cell_name, target_distribution, validate_composition
 from utils import ensure_writable_dir
@@ -47,6 +48,14 @@ def sample_cells(prediction) -> list:
     """Each sample's (digit, colour) cell, or UNRECOGNISABLE."""
     return [(int(digit), ORACLE_COLOURS[colour]) if ok else UNRECOGNISABLE
             for digit, colour, ok in zip(prediction.digits, prediction.colours, prediction.recognisable)]
+
+
+def unrecognisable_reasons(prediction) -> dict:
+    """Why samples are unrecognisable: no ink, not one colour channel, or no confident digit."""
+    colour_names = [ORACLE_COLOURS[c] for c in prediction.colours]
+    uncertain = sum(not ok and name in COLOURS for ok, name in zip(prediction.recognisable, colour_names))
+    return {"blank": colour_names.count("blank"), "mixed colour": colour_names.count("mixed"),
+            "uncertain digit": uncertain}
 
 
 def percentile_interval(values, ci_level):
@@ -85,11 +94,13 @@ def composition_metrics(cells, target, bootstrap=BOOTSTRAP, ci_level=CI_LEVEL, s
 
     cell_ci = percentile_interval(boot_measured, ci_level)
     rows = [{"cell": key if key == UNRECOGNISABLE else cell_name(key), "target": float(target_share[i]),
-             "measured": float(measured[i]), "measured_ci": [float(cell_ci[0, i]), float(cell_ci[1, i])],
-             "count": int(counts[i])} for i, key in enumerate(keys)]
+             "measured": float(measured[i]), "measured_ci": cell_ci[:, i].tolist(), "count": int(counts[i])}
+            for i, key in enumerate(keys)]
     return {"num_samples": n, "ci_level": ci_level, "bootstrap": bootstrap, "seed": seed, "cells": rows,
-            "support_precision": float(in_support.mean()), "support_precision_ci": percentile_interval(boot_precision, ci_level).tolist(),
-            "tv_distance": float(0.5 * np.abs(measured - target_share).sum()), "tv_distance_ci": percentile_interval(boot_tv, ci_level).tolist(),
+            "support_precision": float(in_support.mean()),
+            "support_precision_ci": percentile_interval(boot_precision, ci_level).tolist(),
+            "tv_distance": float(0.5 * np.abs(measured - target_share).sum()),
+            "tv_distance_ci": percentile_interval(boot_tv, ci_level).tolist(),
             "tv_of_exact_samples": {"mean": float(exact_tv.mean()), "upper": float(np.quantile(exact_tv, ci_level))},
             "unrecognisable_share": float(measured[-1])}
 
@@ -121,14 +132,15 @@ def read_meta(samples_path, models, observations):
     elif not models:
         raise UserError(f"no {meta_path.name} beside the samples; pass --models (and --observations if any)")
     models = [str(name) for name in (models or meta.get("models", []))]
+    labels = observations or meta.get("observations", [])
     try:
-        observations = tuple(int(label) for label in (observations or meta.get("observations", [])))
+        observations = tuple(int(label) for label in labels)
     except (TypeError, ValueError):
-        raise UserError(f"observations must be integer labels, got {observations or meta.get('observations')}") from None
+        raise UserError(f"observations must be integer labels, got {labels}") from None
     return {**meta, "models": models, "observations": list(observations)}
 
 
-def print_report(samples_path, meta, metrics):
+def print_report(samples_path, meta, metrics, reasons):
     level = f"{metrics['ci_level']:.0%}"
     print(f"samples: {samples_path} ({metrics['num_samples']} samples)")
     print(f"models {', '.join(meta['models'])}; observations {tuple(meta['observations']) or 'none (mixture)'}"
@@ -146,7 +158,8 @@ def print_report(samples_path, meta, metrics):
     print(f"TV distance {metrics['tv_distance']:.3f} ({level} CI {low:.3f}-{high:.3f}); "
           f"{metrics['num_samples']} exact draws from the target give {floor['mean']:.3f} on average, "
           f"{floor['upper']:.3f} at the {level} quantile")
-    print(f"unrecognisable {metrics['unrecognisable_share']:.1%}")
+    print(f"unrecognisable {metrics['unrecognisable_share']:.1%} ("
+          + ", ".join(f"{reason} {count}" for reason, count in reasons.items()) + ")")
 
 
 def plot_cells(metrics, title, path):
@@ -189,15 +202,18 @@ def main(argv=None):
     prediction = predict(load_oracle(config["ORACLE"]), samples, config["CONFIDENCE_THRESHOLD"])
     metrics = composition_metrics(sample_cells(prediction), target, config["BOOTSTRAP"], config["CI_LEVEL"],
                                   config["SEED"])
-    print_report(samples_path, meta, metrics)
+    reasons = unrecognisable_reasons(prediction)
+    print_report(samples_path, meta, metrics, reasons)
 
     report = {"samples": str(samples_path), "meta": meta, "oracle": str(config["ORACLE"]),
-              "confidence_threshold": config["CONFIDENCE_THRESHOLD"], **metrics}
+              "confidence_threshold": config["CONFIDENCE_THRESHOLD"], **metrics, "unrecognisable_reasons": reasons}
     stem = samples_path.stem
     (out_dir / f"{stem}_eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    observations = tuple(meta["observations"]) or "mixture"
-    plot_cells(metrics, f"{'+'.join(meta['models'])} y={observations}: precision {metrics['support_precision']:.0%}, "
-               f"TV {metrics['tv_distance']:.2f}", out_dir / f"{stem}_eval.png")
+    title = f"{'+'.join(meta['models'])} y={tuple(meta['observations']) or 'mixture'}"
+    if "guidance_scales" in meta:
+        title += f" λ={meta['guidance_scales']}"
+    plot_cells(metrics, f"{title}\nprecision {metrics['support_precision']:.0%}, TV {metrics['tv_distance']:.2f}",
+               out_dir / f"{stem}_eval.png")
     print(f"wrote {out_dir / f'{stem}_eval.json'} and {out_dir / f'{stem}_eval.png'}")
     return report
 

@@ -46,7 +46,7 @@ def validate_composition(models, observations) -> int:
 
 
 def target_distribution(models, observations=(), root=DATA_ROOT) -> dict:
-    """{(digit, colour): probability} of p(x | y_1..y_n) for the base models' datasets, largest first, zeros left out."""
+    """{(digit, colour): probability} of p(x | y_1..y_n) over the base datasets' cells; largest first, no zeros."""
     models = [str(name) for name in models]
     validate_composition(models, observations)
     counts = digit_counts(root)

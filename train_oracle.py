@@ -7,7 +7,7 @@ three. Light augmentation (small affine warps, thicker/thinner strokes,
 contrast, pixel noise) makes it robust to imperfect diffusion samples; an
 11th "junk" class learns blobs and two-digit overlays. At the end, the full
 predict() is measured on the test split in grey, red and green, clean and
-with noise. CPU: about 3 minutes on 2 cores.
+with noise. CPU: about 4 minutes on 2 shared cores.
     python train_oracle.py                   # train, save checkpoints/oracle.pth, report test accuracy
     python train_oracle.py --evaluate-only   # only report the test accuracy of the saved oracle
 """
@@ -34,7 +34,7 @@ MAX_SCALE_CHANGE = 0.15
 MAX_NOISE_STD = 0.15
 TEST_NOISE_STD = 0.1  # the noisy test report adds this much Gaussian noise to every channel
 CONFIDENCE_THRESHOLD = CONFIDENCE
-ORACLE_OUT = ORACLE_PATH
+ORACLE = ORACLE_PATH  # written by training, read by --evaluate-only
 DATA_ROOT = "data"
 SEED = 0
 DEVICE = "auto"
@@ -42,7 +42,7 @@ EVALUATE_ONLY = False
 OVERWRITE = False
 
 OVERRIDABLE = ["EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "JUNK_FRACTION", "MAX_ROTATION_DEG", "MAX_SHIFT_PX",
-               "MAX_SCALE_CHANGE", "MAX_NOISE_STD", "TEST_NOISE_STD", "CONFIDENCE_THRESHOLD", "ORACLE_OUT",
+               "MAX_SCALE_CHANGE", "MAX_NOISE_STD", "TEST_NOISE_STD", "CONFIDENCE_THRESHOLD", "ORACLE",
                "DATA_ROOT", "SEED", "DEVICE", "EVALUATE_ONLY", "OVERWRITE"]
 
 
@@ -97,7 +97,8 @@ def train(config, device):
     oracle = OracleNet().to(device)
     optimizer = torch.optim.AdamW(oracle.parameters(), lr=config["LR"], weight_decay=config["WEIGHT_DECAY"])
     steps_per_epoch = math.ceil(len(images) / config["BATCH_SIZE"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config["LR"], total_steps=config["EPOCHS"] * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config["LR"],
+                                                    total_steps=config["EPOCHS"] * steps_per_epoch)
     junk_count = max(1, round(config["JUNK_FRACTION"] * config["BATCH_SIZE"]))
     oracle.train()
     for epoch in range(config["EPOCHS"]):
@@ -117,8 +118,8 @@ def train(config, device):
               f"augmented train accuracy {correct / len(images):.4f} ({time.time() - start:.0f} s)")
     # Half precision keeps the committed file small; load_oracle restores float32.
     atomic_save({k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-                 for k, v in oracle.state_dict().items()}, config["ORACLE_OUT"])
-    print(f"saved {config['ORACLE_OUT']}")
+                 for k, v in oracle.state_dict().items()}, config["ORACLE"])
+    print(f"saved {config['ORACLE']}")
 
 
 def test_report(oracle, config, device):
@@ -159,11 +160,11 @@ def main(argv=None):
         raise UserError(f"--confidence-threshold must be in (0, 1], got {config['CONFIDENCE_THRESHOLD']}")
     device = get_device(config["DEVICE"])
     if not config["EVALUATE_ONLY"]:
-        ensure_writable_dir(Path(config["ORACLE_OUT"]).parent)
-        if Path(config["ORACLE_OUT"]).exists() and not config["OVERWRITE"]:
-            raise UserError(f"{config['ORACLE_OUT']} exists; pass --overwrite to retrain it, or --evaluate-only")
+        ensure_writable_dir(Path(config["ORACLE"]).parent)
+        if Path(config["ORACLE"]).exists() and not config["OVERWRITE"]:
+            raise UserError(f"{config['ORACLE']} exists; pass --overwrite to retrain it, or --evaluate-only")
         train(config, device)
-    test_report(load_oracle(config["ORACLE_OUT"], device), config, device)
+    test_report(load_oracle(config["ORACLE"], device), config, device)
 
 
 if __name__ == "__main__":

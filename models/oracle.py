@@ -33,7 +33,7 @@ JUNK_CLASS = NUM_DIGITS  # the 11th output
 INK_LEVEL = 0.3
 MIN_INK_MASS = 10.0
 DOMINANT_SHARE = 0.8
-CONFIDENCE = 0.9
+CONFIDENCE = 0.8
 
 
 class OracleNet(nn.Module):
