@@ -20,8 +20,10 @@ def flag_name(global_name: str) -> str:
 
 
 def override_globals(namespace: dict, names, description: str, argv=None, positive=(), choices=None,
-                     help_text=None):
+                     help_text=None, positional=()):
     """Parse argv into the globals `names` of `namespace` (a module's globals()).
+
+    Names in `positional` may also be given as an optional positional argument.
 
     A global's type follows its default: bool -> --x/--no-x, list/tuple -> one
     or more values of the first element's type, None -> string (or none).
@@ -45,9 +47,14 @@ def override_globals(namespace: dict, names, description: str, argv=None, positi
         if name in choices:
             kwargs["choices"] = choices[name]
         parser.add_argument(flag_name(name), **kwargs)
+    for name in positional:
+        parser.add_argument(f"{name.lower()}_positional", nargs="?", metavar=name.lower(),
+                            help=f"same as {flag_name(name)}")
     args = parser.parse_args(argv)
     for name in names:
         value = getattr(args, name)
+        if name in positional and getattr(args, f"{name.lower()}_positional") is not None:
+            value = getattr(args, f"{name.lower()}_positional")
         if isinstance(namespace[name], tuple) and isinstance(value, list):
             value = tuple(value)
         if name in positive and not _all_positive(value):

@@ -185,9 +185,10 @@ def plot_cells(metrics, title, path):
 
 def main(argv=None):
     config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["BOOTSTRAP", "CONFIDENCE_THRESHOLD"])
+    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["BOOTSTRAP", "CONFIDENCE_THRESHOLD"],
+                     positional=["SAMPLES"])
     if config["SAMPLES"] is None:
-        raise UserError("pass --samples PATH.pt (samples written by a sample_*.py script)")
+        raise UserError("pass the samples PATH.pt written by a sample_*.py script")
     if not 0.0 < config["CI_LEVEL"] < 1.0 or not 0.0 < config["CONFIDENCE_THRESHOLD"] <= 1.0:
         raise UserError("--ci-level must be in (0, 1) and --confidence-threshold in (0, 1]")
     samples_path = Path(config["SAMPLES"])

@@ -1,0 +1,197 @@
+"""Run the whole pipeline in order at a named scale, skipping what is already done.
+
+    python reproduce.py --scale cpu     # 2-core CPU: narrower networks, trajectory pools, fewer sampler steps
+    python reproduce.py --scale paper   # the reference settings (GPU)
+
+Stages: base models (M1, M2, MN1, MN2, MN3, subdigits 1 and 2) -> export under the
+reference names -> 2-model classifiers (M1/M2 and 1/2) -> 3-way joint -> 3-way
+conditional -> samples of the showcase compositions -> evaluation -> results table.
+Training runs write to RUN_DIR; the final checkpoints are exported to EXPORT_DIR
+under the reference file names (half precision at the cpu scale), and every later
+stage reads them from there, so the results describe exactly the exported files.
+A stage whose outputs exist is skipped; an interrupted base-model run resumes.
+Stage wall times go to <RUN_DIR>/timings.json, the results to results/<scale>.md.
+"""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cli import UserError, override_globals, run_main
+from utils import atomic_save, ensure_writable_dir
+
+SCALE = "cpu"
+RUN_DIR = None  # None: runs/<SCALE>
+EXPORT_DIR = None  # None: checkpoints (cpu) or checkpoints/paper (paper)
+OUT_DIR = None  # None: outputs/<SCALE>
+NUM_SAMPLES = 512
+DRY_RUN = False
+
+BASE_MODELS = ["M1", "M2", "MN1", "MN2", "MN3", "1", "2"]
+REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
+
+SCALES = {
+    "cpu": {
+        "base_flags": ["--preset", "cpu"], "base_final_epoch": 11, "half_precision": True,
+        "classifier_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "20",
+                             "--classifier-channels", "16", "32", "--test-samples", "100"],
+        "three_way_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "20",
+                            "--classifier-channels", "32", "48", "--test-samples", "100"],
+        "conditional_flags": ["--trajectory-steps", "100", "--pool-size", "64", "--pool-reuse", "20",
+                              "--classifier-channels", "32", "32", "--test-samples", "32"],
+        "sample_flags": ["--num-steps", "100", "--batch-size", "128"],
+    },
+    "paper": {
+        "base_flags": [], "base_final_epoch": REFERENCE_EPOCH, "half_precision": False,
+        "classifier_flags": [], "three_way_flags": [], "conditional_flags": [],
+        "sample_flags": ["--num-steps", "500", "--batch-size", "128"],
+    },
+}
+
+# (script, label prefix for the file stem, models, observations, guidance scales)
+SHOWCASE = [
+    ("sample_composition.py", ["M1", "M2"], [1, 2], [20.0]),
+    ("sample_composition.py", ["M1", "M2"], [1, 1], [20.0]),
+    ("sample_composition.py", ["M1", "M2"], [2, 2], [20.0]),
+    ("sample_composition.py", ["M1", "M2"], [1, 2], [1.0]),
+    ("sample_composition.py", ["M1", "M2"], [1, 1], [1.0]),
+    ("sample_composition.py", ["M1", "M2"], [2, 2], [1.0]),
+    ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [1, 2, 3], [10.0, 75.0]),
+    ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [1, 1, 1], [10.0, 75.0]),
+    ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [2, 2, 3], [10.0, 75.0]),
+    ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [3, 3, 3], [10.0, 75.0]),
+    ("sample_composition.py", ["1", "2"], [1, 2], [20.0]),
+    ("sample_composition.py", ["1", "2"], [1, 2], [1.0]),
+]
+
+OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "DRY_RUN"]
+
+
+class Pipeline:
+    """Runs stages as subprocesses of this Python, timing each and skipping finished ones."""
+
+    def __init__(self, run_dir: Path, dry_run: bool):
+        self.run_dir, self.dry_run = run_dir, dry_run
+        self.timings_path = run_dir / "timings.json"
+        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+
+    def stage(self, name, outputs, command=None, action=None):
+        """Run `command` (argv after the interpreter) or `action()` unless every path in `outputs` exists."""
+        if all(Path(p).exists() for p in outputs):
+            print(f"[skip] {name}: done ({outputs[0]})", flush=True)
+            return
+        print(f"[run ] {name}" + (f": {' '.join(command)}" if command else ""), flush=True)
+        if self.dry_run:
+            return
+        start = time.time()
+        if command:
+            result = subprocess.run([sys.executable, *command])
+            if result.returncode != 0:
+                raise UserError(f"stage '{name}' failed (exit {result.returncode}); fix it and rerun: finished stages are kept")
+        else:
+            action()
+        self.timings[name] = round(time.time() - start, 1)
+        self.timings_path.write_text(json.dumps(self.timings, indent=2) + "\n")
+        print(f"[done] {name} in {self.timings[name]:.0f} s", flush=True)
+
+
+def export_checkpoint(source: Path, target: Path, half: bool):
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if half:  # loading restores float32 (utils.load_state_dict_file)
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    atomic_save(state, target)
+
+
+def composition_stem(models, observations, scales):
+    labels = [f"y{k}-{y}" for k, y in enumerate(observations, start=1)]
+    return "_".join(["composition", *models, *labels, *(f"g{s:g}" for s in scales)])
+
+
+def sample_command(script, models, observations, scales, export_dir, out_dir, num_samples, flags):
+    command = [script, "--ckpt-dir", str(export_dir), "--out-dir", str(out_dir), "--num-samples", str(num_samples),
+               *flags]
+    for k, (model, y) in enumerate(zip(models, observations), start=1):
+        command += [f"--gen-idx-{k}", model, f"--y-{k}", str(y)]
+    command += ["--guidance", f"{scales[0]:g}"]
+    if script == "sample_3way_composition.py":
+        command += ["--guidance-3", f"{scales[1]:g}",
+                    "--classifier-ckpt", str(export_dir / "3way_classifier_ckpt_700.pth"),
+                    "--conditional-classifier-ckpt", str(export_dir / "3way_conditional_classifier_ckpt_200.pth")]
+    else:
+        name = "subdigits_classifier" if models == ["1", "2"] else "classifier"
+        command += ["--classifier-ckpt", str(export_dir / f"{name}_ckpt_200.pth")]
+    return command
+
+
+def results_table(out_dir: Path, scale: str) -> str:
+    rows = ["| composition | λ | n | support precision (95% CI) | TV to exact target (95% CI) | TV of n exact draws | unrecognisable |",
+            "|---|---|---|---|---|---|---|"]
+    for _, models, observations, scales in SHOWCASE:
+        report = json.loads((out_dir / f"{composition_stem(models, observations, scales)}_eval.json").read_text())
+        lo, hi = report["support_precision_ci"]
+        tv_lo, tv_hi = report["tv_distance_ci"]
+        rows.append(f"| {'/'.join(models)} y={tuple(observations)} | {', '.join(f'{s:g}' for s in scales)} | "
+                    f"{report['num_samples']} | {report['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
+                    f"{report['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | {report['tv_of_exact_samples']['mean']:.3f} | "
+                    f"{report['unrecognisable_share']:.1%} |")
+    return f"Results at the `{scale}` scale (`python reproduce.py --scale {scale}`)\n\n" + "\n".join(rows) + "\n"
+
+
+def main(argv=None):
+    config = dict(globals())
+    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["NUM_SAMPLES"], choices={"SCALE": list(SCALES)})
+    scale, settings = config["SCALE"], SCALES[config["SCALE"]]
+    run_dir = ensure_writable_dir(config["RUN_DIR"] or f"runs/{scale}")
+    export_dir = ensure_writable_dir(config["EXPORT_DIR"] or ("checkpoints" if scale == "cpu" else "checkpoints/paper"))
+    out_dir = ensure_writable_dir(config["OUT_DIR"] or f"outputs/{scale}")
+    pipeline = Pipeline(run_dir, config["DRY_RUN"])
+
+    for g in BASE_MODELS:
+        final = run_dir / f"gen_{g}_ckpt_{settings['base_final_epoch']}.pth"
+        exported = export_dir / f"gen_{g}_ckpt_{REFERENCE_EPOCH}.pth"
+        resume = ["--resume"] if (run_dir / f"gen_{g}_train_state.pth").exists() else ["--overwrite"]
+        pipeline.stage(f"base {g}", [final], ["train_diffusion.py", "--gen-idx", g, "--ckpt-dir", str(run_dir),
+                                              *settings["base_flags"], *resume])
+        pipeline.stage(f"export {g}", [exported],
+                       action=lambda final=final, exported=exported: export_checkpoint(final, exported,
+                                                                                       settings["half_precision"]))
+
+    classifier_common = ["--gen-ckpt-dir", str(export_dir), "--ckpt-dir", str(run_dir), "--overwrite"]
+    classifiers = [
+        ("classifier M1/M2", "classifier_ckpt_200.pth",
+         ["train_classifier.py", *classifier_common, *settings["classifier_flags"]]),
+        ("classifier 1/2", "subdigits_classifier_ckpt_200.pth",
+         ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2", "--classifier-name", "subdigits_classifier",
+          *classifier_common, *settings["classifier_flags"]]),
+        ("3-way classifier", "3way_classifier_ckpt_700.pth",
+         ["train_3way_classifier.py", *classifier_common, *settings["three_way_flags"]]),
+        ("3-way conditional classifier", "3way_conditional_classifier_ckpt_200.pth",
+         ["train_3way_conditional_classifier.py", *classifier_common,
+          "--joint-classifier-path", str(export_dir / "3way_classifier_ckpt_700.pth"), *settings["conditional_flags"]]),
+    ]
+    for name, file_name, command in classifiers:
+        pipeline.stage(name, [run_dir / file_name], command)
+        pipeline.stage(f"export {name}", [export_dir / file_name],
+                       action=lambda f=file_name: export_checkpoint(run_dir / f, export_dir / f, settings["half_precision"]))
+
+    for script, models, observations, scales in SHOWCASE:
+        stem = composition_stem(models, observations, scales)
+        pipeline.stage(f"sample {stem}", [out_dir / f"{stem}.pt"],
+                       sample_command(script, models, observations, scales, export_dir, out_dir,
+                                      config["NUM_SAMPLES"], settings["sample_flags"]))
+        pipeline.stage(f"evaluate {stem}", [out_dir / f"{stem}_eval.json"],
+                       ["evaluate_composition.py", str(out_dir / f"{stem}.pt")])
+
+    if not config["DRY_RUN"]:
+        table = results_table(out_dir, scale)
+        Path("results").mkdir(exist_ok=True)
+        Path(f"results/{scale}.md").write_text(table)
+        print(table)
+        print(f"stage wall times (s): {json.dumps(pipeline.timings)}")
+
+
+if __name__ == "__main__":
+    run_main(main)
