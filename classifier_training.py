@@ -70,13 +70,13 @@ def checkpoint_path(config, step):
 
 
 def start_run(config):
-    """Device, a writable checkpoint folder that holds no earlier run of this name (unless --overwrite), seeds."""
+    """Check that CKPT_DIR is writable and holds no earlier run of this name (unless --overwrite), seed; the device."""
     ckpt_dir = ensure_writable_dir(config["CKPT_DIR"])
     if not config["OVERWRITE"] and any(ckpt_dir.glob(f"{config['CLASSIFIER_NAME']}_ckpt_*.pth")):
         raise UserError(f"{ckpt_dir} already holds {config['CLASSIFIER_NAME']}_ckpt_*.pth; pass --overwrite to "
                         f"replace them or --classifier-name to train another classifier beside them")
     seed_everything(config["SEED"])
-    return get_device(config["DEVICE"]), ckpt_dir
+    return get_device(config["DEVICE"])
 
 
 def load_base_models(config, gen_idxs, sde, device):
@@ -131,11 +131,13 @@ def every_nth_step(stride):
     return keep
 
 
-def sample_trajectories(sources, count, num_steps, keep, sde, snr, device, generator=None, progress=True):
-    """`count` PC-sampler trajectories of each source, storing only the grid steps where keep(grid) is true."""
+def sample_trajectories(sources, count, num_steps, keep, sde, snr, device, generator=None, progress=True,
+                        shape=None):
+    """`count` PC-sampler trajectories of each source, storing only the grid steps where keep(grid) is true.
+    `shape` of one sample defaults to an image with the source's input_channels."""
     kept_states, times = [], None
     for source in sources:
-        _, trajectory, grid = pc_trajectory_sampler(source, sde, count, num_steps, snr, device=device,
+        _, trajectory, grid = pc_trajectory_sampler(source, sde, count, num_steps, snr, shape=shape, device=device,
                                                     generator=generator, progress=progress)
         kept = torch.nonzero(keep(grid)).flatten()
         kept_states.append(trajectory[kept])  # a copy, so the full trajectory is freed
@@ -355,7 +357,7 @@ def fit(config, classifier, training_loss, run_test):
 
 def train_joint_classifier(config, gen_idxs, classifier_class):
     """Train a joint classifier Q(y1, y2 | x_t) on trajectories of the base models `gen_idxs`."""
-    device, _ = start_run(config)
+    device = start_run(config)
     sde = VESDE()
     score_models = load_base_models(config, gen_idxs, sde, device)
     classifier = build_classifier(classifier_class, config, score_models[0].input_channels, device)

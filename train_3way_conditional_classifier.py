@@ -59,7 +59,7 @@ PAIRS = sorted(unordered_pairs(3))  # (1,1), (1,2), (1,3), (2,2), (2,3), (3,3), 
 
 
 def train(config):
-    device, _ = start_run(config)
+    device = start_run(config)
     sde = VESDE()
     gen_idxs = [config[f"GEN_IDX_{k}"] for k in (1, 2, 3)]
     score_models = load_base_models(config, gen_idxs, sde, device)
