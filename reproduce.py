@@ -30,18 +30,21 @@ OUT_DIR = None  # None: outputs/<SCALE>
 NUM_SAMPLES = 512
 DRY_RUN = False
 
-BASE_MODELS = ["M1", "M2", "MN1", "MN2", "MN3", "1", "2"]
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
 SCALES = {
     "cpu": {
         "base_flags": ["--preset", "cpu"], "base_final_epoch": 11, "half_precision": True,
-        "classifier_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "20",
-                             "--classifier-channels", "16", "32", "--test-samples", "100"],
-        "three_way_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "20",
-                            "--classifier-channels", "32", "48", "--test-samples", "100"],
-        "conditional_flags": ["--trajectory-steps", "100", "--pool-size", "64", "--pool-reuse", "20",
-                              "--classifier-channels", "32", "32", "--test-samples", "32"],
+        # Trajectory pools: sampling is ~85% of classifier training on CPU, so one pool serves many steps.
+        "classifier_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "100",
+                             "--batch-size", "64", "--classifier-channels", "16", "32", "--test-samples", "100",
+                             "--test-every", "50", "--ckpt-every", "50"],
+        "three_way_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "350",
+                            "--batch-size", "64", "--classifier-channels", "32", "48", "--test-samples", "100",
+                            "--test-every", "100", "--ckpt-every", "100"],
+        "conditional_flags": ["--trajectory-steps", "100", "--pool-size", "64", "--pool-reuse", "100",
+                              "--batch-size", "32", "--classifier-channels", "32", "32", "--test-samples", "32",
+                              "--test-every", "50", "--ckpt-every", "50"],
         "sample_flags": ["--num-steps", "100", "--batch-size", "128"],
     },
     "paper": {
@@ -149,33 +152,39 @@ def main(argv=None):
     out_dir = ensure_writable_dir(config["OUT_DIR"] or f"outputs/{scale}")
     pipeline = Pipeline(run_dir, config["DRY_RUN"])
 
-    for g in BASE_MODELS:
+    def train_base_model(g):
         final = run_dir / f"gen_{g}_ckpt_{settings['base_final_epoch']}.pth"
         exported = export_dir / f"gen_{g}_ckpt_{REFERENCE_EPOCH}.pth"
         resume = ["--resume"] if (run_dir / f"gen_{g}_train_state.pth").exists() else ["--overwrite"]
         pipeline.stage(f"base {g}", [final], ["train_diffusion.py", "--gen-idx", g, "--ckpt-dir", str(run_dir),
                                               *settings["base_flags"], *resume])
         pipeline.stage(f"export {g}", [exported],
-                       action=lambda final=final, exported=exported: export_checkpoint(final, exported,
-                                                                                       settings["half_precision"]))
+                       action=lambda: export_checkpoint(final, exported, settings["half_precision"]))
 
-    classifier_common = ["--gen-ckpt-dir", str(export_dir), "--ckpt-dir", str(run_dir), "--overwrite"]
-    classifiers = [
-        ("classifier M1/M2", "classifier_ckpt_200.pth",
-         ["train_classifier.py", *classifier_common, *settings["classifier_flags"]]),
-        ("classifier 1/2", "subdigits_classifier_ckpt_200.pth",
-         ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2", "--classifier-name", "subdigits_classifier",
-          *classifier_common, *settings["classifier_flags"]]),
-        ("3-way classifier", "3way_classifier_ckpt_700.pth",
-         ["train_3way_classifier.py", *classifier_common, *settings["three_way_flags"]]),
-        ("3-way conditional classifier", "3way_conditional_classifier_ckpt_200.pth",
-         ["train_3way_conditional_classifier.py", *classifier_common,
-          "--joint-classifier-path", str(export_dir / "3way_classifier_ckpt_700.pth"), *settings["conditional_flags"]]),
-    ]
-    for name, file_name, command in classifiers:
-        pipeline.stage(name, [run_dir / file_name], command)
+    def train_classifier(name, file_name, command):
+        pipeline.stage(name, [run_dir / file_name],
+                       [*command, "--gen-ckpt-dir", str(export_dir), "--ckpt-dir", str(run_dir), "--overwrite"])
         pipeline.stage(f"export {name}", [export_dir / file_name],
-                       action=lambda f=file_name: export_checkpoint(run_dir / f, export_dir / f, settings["half_precision"]))
+                       action=lambda: export_checkpoint(run_dir / file_name, export_dir / file_name,
+                                                        settings["half_precision"]))
+
+    # In dependency order: each group's base models, then the classifiers that need them.
+    for g in ["M1", "M2"]:
+        train_base_model(g)
+    train_classifier("classifier M1/M2", "classifier_ckpt_200.pth",
+                     ["train_classifier.py", *settings["classifier_flags"]])
+    for g in ["MN1", "MN2", "MN3"]:
+        train_base_model(g)
+    train_classifier("3-way classifier", "3way_classifier_ckpt_700.pth",
+                     ["train_3way_classifier.py", *settings["three_way_flags"]])
+    train_classifier("3-way conditional classifier", "3way_conditional_classifier_ckpt_200.pth",
+                     ["train_3way_conditional_classifier.py", *settings["conditional_flags"],
+                      "--joint-classifier-path", str(export_dir / "3way_classifier_ckpt_700.pth")])
+    for g in ["1", "2"]:
+        train_base_model(g)
+    train_classifier("classifier 1/2", "subdigits_classifier_ckpt_200.pth",
+                     ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2",
+                      "--classifier-name", "subdigits_classifier", *settings["classifier_flags"]])
 
     for script, models, observations, scales in SHOWCASE:
         stem = composition_stem(models, observations, scales)
