@@ -35,10 +35,12 @@ SEED = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 DEVICE = "auto"
+COMPILE = False  # torch.compile every network (float32; pays off from a few hundred steps)
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "CKPT_DIR", "CKPT_EPOCH", "CKPT_PATH_1", "CKPT_PATH_2",
                "CKPT_PATH_3", "CLASSIFIER_CKPT", "CONDITIONAL_CLASSIFIER_CKPT", "Y_1", "Y_2", "GUIDANCE", "Y_3",
-               "GUIDANCE_3", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR", "SEED", "PALETTE", "OUT_DIR", "DEVICE"]
+               "GUIDANCE_3", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR", "SEED", "PALETTE", "OUT_DIR", "DEVICE",
+               "COMPILE"]
 
 
 def main(argv=None):

@@ -31,10 +31,11 @@ SEED = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 DEVICE = "auto"
+COMPILE = False  # torch.compile every network (float32; pays off from a few hundred steps)
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "CKPT_DIR", "CKPT_EPOCH", "CKPT_PATH_1", "CKPT_PATH_2", "CLASSIFIER_CKPT",
                "Y_1", "Y_2", "GUIDANCE", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR", "SEED", "PALETTE",
-               "OUT_DIR", "DEVICE"]
+               "OUT_DIR", "DEVICE", "COMPILE"]
 
 
 def main(argv=None):

@@ -164,7 +164,7 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     """The composition sampling scripts' shared body: load, compose, sample, save.
 
     `config` holds the scripts' globals (CKPT_DIR, CKPT_EPOCH, CKPT_PATH_<k>,
-    NUM_SAMPLES, BATCH_SIZE, NUM_STEPS, SNR, SEED, PALETTE, OUT_DIR, DEVICE).
+    NUM_SAMPLES, BATCH_SIZE, NUM_STEPS, SNR, SEED, PALETTE, OUT_DIR, DEVICE, COMPILE).
     `classifier_specs`: (checkpoint, classifier class, script that trains it)
     for the joint classifier of (y1, y2), then for the conditional one of y3 if
     there are three observations; one guidance scale each. Writes
@@ -184,6 +184,9 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
                    for k, name in enumerate(gen_idxs, start=1)]
     score_models = [load_score_model(path, sde, device, input_channels=dataset_spec(name)[0])
                     for name, path in zip(gen_idxs, checkpoints)]
+    if config["COMPILE"]:
+        for network in [*score_models, *classifiers]:
+            network.compile()  # in place: same module, same state_dict keys
     try:
         composition = BinaryDiffusionComposition(score_models, classifiers[0], *observations[:2], guidance_scales[0])
         if len(observations) == 3:

@@ -8,7 +8,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.chdir(REPO)  # scripts resolve their default folders (data/, checkpoints/) from the repo root
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # the suite is many small ops: one thread is fastest and shares the machine well
 
 DATA_ROOT = REPO / "data"  # MNIST is materialised here once (from the offline copy when there is no internet)
 
