@@ -45,7 +45,9 @@ SCALES = {
         "conditional_flags": ["--trajectory-steps", "100", "--pool-size", "64", "--pool-reuse", "100",
                               "--batch-size", "32", "--classifier-channels", "32", "32", "--test-samples", "32",
                               "--test-every", "50", "--ckpt-every", "50"],
-        "sample_flags": ["--num-steps", "100", "--batch-size", "128"],
+        # Fewer steps are not an option: M1/M2 (1,1) at λ = 20 scored 3% support precision at 100 steps,
+        # 94% at 250 and 98% at 500 (README); compiling the networks recovers much of the cost.
+        "sample_flags": ["--num-steps", "500", "--batch-size", "128", "--compile"],
     },
     "paper": {
         "base_flags": [], "base_final_epoch": REFERENCE_EPOCH, "half_precision": False,
