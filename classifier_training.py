@@ -353,6 +353,17 @@ def fit(config, classifier, training_loss, run_test):
     return result
 
 
+def trajectory_sampler(sources, config, sde, device):
+    """sample(count, keep): `count` trajectories of each source score model, from one seeded generator."""
+    generator = torch.Generator(device=device).manual_seed(config["SEED"])
+
+    def sample(count, keep):
+        return sample_trajectories(sources, count, config["TRAJECTORY_STEPS"], keep, sde, config["SNR"], device,
+                                   generator)
+
+    return sample
+
+
 # ---- the joint classifiers (2 or 3 base models) ----
 
 def train_joint_classifier(config, gen_idxs, classifier_class):
@@ -361,12 +372,8 @@ def train_joint_classifier(config, gen_idxs, classifier_class):
     sde = VESDE()
     score_models = load_base_models(config, gen_idxs, sde, device)
     classifier = build_classifier(classifier_class, config, score_models[0].input_channels, device)
-    sampler_generator = torch.Generator(device=device).manual_seed(config["SEED"])
     draw_generator = torch.Generator().manual_seed(config["SEED"])
-
-    def sample(count, keep):
-        return sample_trajectories(score_models, count, config["TRAJECTORY_STEPS"], keep, sde, config["SNR"],
-                                   device, sampler_generator)
+    sample = trajectory_sampler(score_models, config, sde, device)
 
     test = sample(config["TEST_SAMPLES"], every_nth_step(config["TEST_STEP_STRIDE"]))
     pool = TrajectoryPool(lambda count: sample(count, trainable_steps), config["POOL_SIZE"], config["POOL_REUSE"])

@@ -12,8 +12,8 @@ CPU-scale example: see train_classifier.py (the same pool and trunk flags), plus
 import torch
 
 from classifier_training import (TrajectoryPool, build_classifier, conditional_training_loss, every_nth_step, fit,
-                                 load_base_models, make_tester, parse_config, sample_trajectories, start_run,
-                                 trainable_steps)
+                                 load_base_models, make_tester, parse_config, start_run, trainable_steps,
+                                 trajectory_sampler)
 from cli import UserError, run_main
 from custom_datasets import BASE_DATASETS
 from models.classifier_model import (ThreeWayConditionalYClassifier, ThreeWayJointYClassifier, marginal_log_probs,
@@ -71,12 +71,8 @@ def train(config):
     except ValueError as error:
         raise UserError(f"{config['JOINT_CLASSIFIER_PATH']}: {error}") from None
     classifier = build_classifier(ThreeWayConditionalYClassifier, config, score_models[0].input_channels, device)
-    sampler_generator = torch.Generator(device=device).manual_seed(config["SEED"])
     draw_generator = torch.Generator().manual_seed(config["SEED"])
-
-    def sample(count, keep):
-        return sample_trajectories(compositions, count, config["TRAJECTORY_STEPS"], keep, sde, config["SNR"],
-                                   device, sampler_generator)
+    sample = trajectory_sampler(compositions, config, sde, device)
 
     test = sample(config["TEST_SAMPLES"], every_nth_step(config["TEST_STEP_STRIDE"]))
     with torch.no_grad():

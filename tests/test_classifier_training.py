@@ -14,7 +14,7 @@ from cli import UserError, flag_name
 from losses import (conditional_classifier_loss, conditional_keep_prob, joint_non_terminal_loss, joint_soft_targets,
                     joint_terminal_loss, select_steps)
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier,
-                                     marginal_log_probs, two_way_joint_log_probs)
+                                     two_way_joint_log_probs)
 from models.score_model import ScoreNet
 from samplers import pc_trajectory_sampler, time_grid
 from sde import VESDE
@@ -24,15 +24,6 @@ from utils import load_classifier
 SDE = VESDE()
 COMPONENT_STD = 0.5
 EPS = 1e-3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is faster than two on shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,6 @@ TINY_SCORENET = {"channels": (32, 32, 32, 32), "embed_dim": 32}
 TINY_CLASSIFIER = {"embed_dim": 16, "t_embed_dim": 16, "channels": (4, 4)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Thousands of tiny 2-D ops per test: on shared cores one thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def two_bases():
     """Two models over 4 components; they share components 1 and 2 with different weights."""
