@@ -50,7 +50,7 @@ def main(argv=None):
                      positive=["CKPT_EPOCH", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR"],
                      choices={**{f"GEN_IDX_{k}": list(BASE_DATASETS) for k in labels},
                               **{f"Y_{k}": labels for k in labels}, "PALETTE": ["rgb", "colorblind"]})
-    sample_composition_to_disk(
+    return sample_composition_to_disk(
         config, [config[f"GEN_IDX_{k}"] for k in labels],
         [(config["CLASSIFIER_CKPT"], ThreeWayJointYClassifier, "train_3way_classifier.py"),
          (config["CONDITIONAL_CLASSIFIER_CKPT"], ThreeWayConditionalYClassifier,

@@ -44,7 +44,7 @@ def main(argv=None):
                      positive=["CKPT_EPOCH", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR"],
                      choices={"GEN_IDX_1": list(BASE_DATASETS), "GEN_IDX_2": list(BASE_DATASETS),
                               "Y_1": [1, 2], "Y_2": [1, 2], "PALETTE": ["rgb", "colorblind"]})
-    sample_composition_to_disk(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]],
+    return sample_composition_to_disk(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]],
                                [(config["CLASSIFIER_CKPT"], JointYClassifier, "train_classifier.py")],
                                [config["Y_1"], config["Y_2"]], [config["GUIDANCE"]])
 
