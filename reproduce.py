@@ -10,9 +10,11 @@ Training runs write to RUN_DIR; the final checkpoints are exported to EXPORT_DIR
 under the reference file names (half precision at the cpu scale), and every later
 stage reads them from there, so the results describe exactly the exported files.
 A stage whose outputs exist is skipped; an interrupted base-model run resumes.
-Stage wall times go to <RUN_DIR>/timings.json, the results to results/<scale>.md.
+Stage wall times go to <RUN_DIR>/timings.json; grids and evaluations to results/<scale>/,
+summarised in results/<scale>.md.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,9 +28,10 @@ from utils import atomic_save, ensure_writable_dir
 SCALE = "cpu"
 RUN_DIR = None  # None: runs/<SCALE>
 EXPORT_DIR = None  # None: checkpoints (cpu) or checkpoints/paper (paper)
-OUT_DIR = None  # None: outputs/<SCALE>
+OUT_DIR = None  # None: results/<SCALE> (grids and evaluations are committed; the .pt samples are not)
 NUM_SAMPLES = 512
 DRY_RUN = False
+SUMMARY_ONLY = False  # only rewrite results/<SCALE>.md from the evaluations that exist
 
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
@@ -72,7 +75,7 @@ SHOWCASE = [
     ("sample_composition.py", ["1", "2"], [1, 2], [1.0]),
 ]
 
-OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "DRY_RUN"]
+OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "DRY_RUN", "SUMMARY_ONLY"]
 
 
 class Pipeline:
@@ -131,18 +134,31 @@ def sample_command(script, models, observations, scales, export_dir, out_dir, nu
     return command
 
 
-def results_table(out_dir: Path, scale: str) -> str:
-    rows = ["| composition | λ | n | support precision (95% CI) | TV to exact target (95% CI) | TV of n exact draws | unrecognisable |",
-            "|---|---|---|---|---|---|---|"]
+def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
+    """results/<scale>.md: one evaluation row per showcase composition (pending ones marked), then stage times."""
+    rows = ["| composition | λ | n | support precision (95% CI) | TV to exact target (95% CI) | TV of n exact draws | "
+            "unrecognisable | grid |", "|---|---|---|---|---|---|---|---|"]
     for _, models, observations, scales in SHOWCASE:
-        report = json.loads((out_dir / f"{composition_stem(models, observations, scales)}_eval.json").read_text())
+        stem = composition_stem(models, observations, scales)
+        name = f"{'/'.join(models)} y={tuple(observations)} | {', '.join(f'{s:g}' for s in scales)}"
+        report_path = out_dir / f"{stem}_eval.json"
+        if not report_path.exists():
+            rows.append(f"| {name} | – | pending | | | | |")
+            continue
+        report = json.loads(report_path.read_text())
         lo, hi = report["support_precision_ci"]
         tv_lo, tv_hi = report["tv_distance_ci"]
-        rows.append(f"| {'/'.join(models)} y={tuple(observations)} | {', '.join(f'{s:g}' for s in scales)} | "
-                    f"{report['num_samples']} | {report['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
-                    f"{report['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | {report['tv_of_exact_samples']['mean']:.3f} | "
-                    f"{report['unrecognisable_share']:.1%} |")
-    return f"Results at the `{scale}` scale (`python reproduce.py --scale {scale}`)\n\n" + "\n".join(rows) + "\n"
+        rows.append(f"| {name} | {report['num_samples']} | {report['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
+                    f"{report['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | "
+                    f"{report['tv_of_exact_samples']['mean']:.3f} | {report['unrecognisable_share']:.1%} | "
+                    f"[png]({Path(os.path.relpath(out_dir, 'results')) / stem}.png) |")
+    times = ["| stage | wall time (s) |", "|---|---|"] + [f"| {name} | {seconds:.0f} |"
+                                                       for name, seconds in timings.items() if seconds >= 1]
+    path = Path("results") / f"{scale}.md"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"Produced by `python reproduce.py --scale {scale}`.\n\n" + "\n".join(rows)
+                    + "\n\nStage wall times (this machine):\n\n" + "\n".join(times) + "\n")
+    return path
 
 
 def main(argv=None):
@@ -151,8 +167,11 @@ def main(argv=None):
     scale, settings = config["SCALE"], SCALES[config["SCALE"]]
     run_dir = ensure_writable_dir(config["RUN_DIR"] or f"runs/{scale}")
     export_dir = ensure_writable_dir(config["EXPORT_DIR"] or ("checkpoints" if scale == "cpu" else "checkpoints/paper"))
-    out_dir = ensure_writable_dir(config["OUT_DIR"] or f"outputs/{scale}")
+    out_dir = ensure_writable_dir(config["OUT_DIR"] or f"results/{scale}")
     pipeline = Pipeline(run_dir, config["DRY_RUN"])
+    if config["SUMMARY_ONLY"]:
+        print(write_summary(out_dir, scale, pipeline.timings).read_text())
+        return
 
     def train_base_model(g):
         final = run_dir / f"gen_{g}_ckpt_{settings['base_final_epoch']}.pth"
@@ -197,11 +216,7 @@ def main(argv=None):
                        ["evaluate_composition.py", str(out_dir / f"{stem}.pt")])
 
     if not config["DRY_RUN"]:
-        table = results_table(out_dir, scale)
-        Path("results").mkdir(exist_ok=True)
-        Path(f"results/{scale}.md").write_text(table)
-        print(table)
-        print(f"stage wall times (s): {json.dumps(pipeline.timings)}")
+        print(write_summary(out_dir, scale, pipeline.timings).read_text())
 
 
 if __name__ == "__main__":
