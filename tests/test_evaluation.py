@@ -116,7 +116,7 @@ def test_end_to_end_grey_with_flags_and_out_dir(data_root, tmp_path):
     grey = [(4, "grey")] * 3 + [(5, "grey")] * 2 + [(9, "grey")]
     path = write_samples(tmp_path, real_samples(data_root, grey, channels=1))  # no json: flags supply it
     out_dir = tmp_path / "eval"
-    report = main(["--samples", str(path), "--models", "1", "2", "--observations", "1", "2",
+    report = main([str(path), "--models", "1", "2", "--observations", "1", "2",
                    "--bootstrap", "200", "--out-dir", str(out_dir)])
     assert {row["cell"]: row["count"] for row in report["cells"]} == {"grey 4": 3, "grey 5": 2, "grey 9": 1,
                                                                       UNRECOGNISABLE: 0}
