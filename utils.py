@@ -50,6 +50,9 @@ def atomic_save(obj, path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint should not be
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

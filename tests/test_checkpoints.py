@@ -30,6 +30,7 @@ def test_round_trip_half_precision_restores_float32(tmp_path):
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pth"
     atomic_save({"a": torch.ones(2)}, path)
+    assert path.stat().st_mode & 0o044  # readable by others, like a plain torch.save under the usual umask
 
     def broken_save(obj, f):
         open(f, "wb").write(b"partial")
