@@ -1,4 +1,6 @@
 """Checkpoint I/O: atomic writes, half-precision storage, architecture checks."""
+import os
+
 import pytest
 import torch
 
@@ -30,7 +32,9 @@ def test_round_trip_half_precision_restores_float32(tmp_path):
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pth"
     atomic_save({"a": torch.ones(2)}, path)
-    assert path.stat().st_mode & 0o044  # readable by others, like a plain torch.save under the usual umask
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain torch.save would leave it
 
     def broken_save(obj, f):
         open(f, "wb").write(b"partial")
