@@ -31,7 +31,7 @@ from losses import (JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, conditional_clas
 from models.classifier_model import marginal_log_probs
 from samplers import pc_trajectory_sampler
 from sde import VESDE
-from utils import atomic_save, ensure_writable_dir, get_device, load_score_model, seed_everything
+from utils import atomic_save, ensure_writable_dir, freeze, get_device, load_score_model, seed_everything
 
 # Test metrics are averaged over these bands of t; the last band includes t = 1.
 TIME_BANDS = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
@@ -95,7 +95,7 @@ def build_classifier(classifier_class, config, input_channels, device):
 
 def frozen_copy(network):
     """A detached copy in eval mode: the bootstrap target of the non-terminal loss."""
-    return copy.deepcopy(network).eval().requires_grad_(False)
+    return freeze(copy.deepcopy(network))
 
 
 # ---- trajectories ----

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from cli import UserError, override_globals, run_main
-from utils import atomic_save, ensure_writable_dir
+from utils import atomic_save, ensure_writable_dir, half_state_dict
 
 SCALE = "cpu"
 RUN_DIR = None  # None: runs/<SCALE>
@@ -108,9 +108,7 @@ class Pipeline:
 
 def export_checkpoint(source: Path, target: Path, half: bool):
     state = torch.load(source, map_location="cpu", weights_only=True)
-    if half:  # loading restores float32 (utils.load_state_dict_file)
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    atomic_save(state, target)
+    atomic_save(half_state_dict(state) if half else state, target)
 
 
 def composition_stem(models, observations, scales):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from cli import UserError, override_globals, run_main
 from custom_datasets import COLOURS, colour_images, load_mnist
 from models.oracle import CONFIDENCE, JUNK_CLASS, ORACLE_COLOURS, ORACLE_PATH, OracleNet, load_oracle, predict
-from utils import atomic_save, ensure_writable_dir, get_device, seed_everything
+from utils import atomic_save, ensure_writable_dir, get_device, half_state_dict, seed_everything
 
 EPOCHS = 3
 BATCH_SIZE = 128
@@ -117,8 +117,7 @@ def train(config, device):
         print(f"epoch {epoch + 1}/{config['EPOCHS']}: loss {total_loss / len(images):.4f}, "
               f"augmented train accuracy {correct / len(images):.4f} ({time.time() - start:.0f} s)")
     # Half precision keeps the committed file small; load_oracle restores float32.
-    atomic_save({k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-                 for k, v in oracle.state_dict().items()}, config["ORACLE"])
+    atomic_save(half_state_dict(oracle.state_dict()), config["ORACLE"])
     print(f"saved {config['ORACLE']}")
 
 

@@ -31,6 +31,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def freeze(network):
+    """Eval mode, no parameter gradients: for every network that guides, judges or acts as a target."""
+    return network.eval().requires_grad_(False)
+
+
+def half_state_dict(state: dict) -> dict:
+    """Floating tensors as float16, on the CPU: half the file size; load_state_dict_file restores float32."""
+    return {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
+
+
 def ensure_writable_dir(path) -> Path:
     """Create `path` if needed and check that files can be written there."""
     path = Path(path)
@@ -107,7 +117,7 @@ def load_score_model(path, sde, device="cpu", channels=None, input_channels=None
             raise UserError(f"checkpoint {path} has {name} {config[name]}, expected {expected}")
     model = ScoreNet(sde.marginal_prob_std, **config)
     load_into(model, state, path)
-    return model.to(device).eval().requires_grad_(False)
+    return freeze(model.to(device))
 
 
 def colorize(samples: torch.Tensor, palette: str = "rgb") -> torch.Tensor:
@@ -160,7 +170,7 @@ def load_classifier(path, classifier_class, device, made_by):
         raise UserError(f"checkpoint {path}: {error}") from None
     model = classifier_class(**config)
     load_into(model, state, path)
-    return model.to(device).eval().requires_grad_(False)
+    return freeze(model.to(device))
 
 
 def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations, guidance_scales) -> Path:

@@ -14,10 +14,7 @@ import torch
 import torch.nn as nn
 
 from models.classifier_model import marginal_log_probs
-
-
-def _frozen(network: nn.Module) -> nn.Module:
-    return network.eval().requires_grad_(False)
+from utils import freeze
 
 
 def _check_label(name: str, label: int, num_models: int) -> int:
@@ -80,8 +77,8 @@ class BinaryDiffusionComposition(_FrozenComposition):
         self.y_1 = _check_label("y_1", y_1, self.m)
         self.y_2 = _check_label("y_2", y_2, self.m)
         self.guidance_scale = float(guidance_scale)
-        self.score_models = nn.ModuleList(_frozen(model) for model in score_models)
-        self.classifier = _frozen(classifier)
+        self.score_models = nn.ModuleList(freeze(model) for model in score_models)
+        self.classifier = freeze(classifier)
 
     def forward(self, x, t):
         log_q, guidance = _log_probs_and_gradient(lambda x_in: self.classifier(x_in, t), x,
@@ -109,8 +106,8 @@ class ConditionalDiffusionComposition(_FrozenComposition):
         _check_classifier(conditional_classifier, binary_diffusion.m, self.input_channels)
         self.y_3 = _check_label("y_3", y_3, binary_diffusion.m)
         self.guidance_scale = float(guidance_scale)
-        self.binary_diffusion = _frozen(binary_diffusion)
-        self.conditional_classifier = _frozen(conditional_classifier)
+        self.binary_diffusion = freeze(binary_diffusion)
+        self.conditional_classifier = freeze(conditional_classifier)
 
     def forward(self, x, t):
         y_1 = torch.full((x.shape[0],), self.binary_diffusion.y_1, dtype=torch.long, device=x.device)

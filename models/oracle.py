@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from custom_datasets import COLOURS
-from utils import load_into, load_state_dict_file
+from utils import freeze, load_into, load_state_dict_file
 
 ORACLE_PATH = "checkpoints/oracle.pth"
 ORACLE_COLOURS = COLOURS + ("mixed", "blank")  # indices 0..2 agree with ColouredMNIST.colours
@@ -67,7 +67,7 @@ def load_oracle(path=ORACLE_PATH, device="cpu") -> OracleNet:
     """The trained oracle, frozen and in eval mode (half-precision storage comes back as float32)."""
     oracle = OracleNet()
     load_into(oracle, load_state_dict_file(path, made_by="train_oracle.py"), path)
-    return oracle.to(device).eval().requires_grad_(False)
+    return freeze(oracle.to(device))
 
 
 def read_colour(images: torch.Tensor):
