@@ -17,6 +17,7 @@ on); tests use one fixed set of trajectories sampled at the start (the
 reference resamples them at every test) and run the classifier in eval mode.
 """
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -324,16 +325,26 @@ def make_tester(config, classifier, predict, test, targets, source_names):
 
 # ---- the optimizer loop ----
 
-def fit(config, classifier, training_loss, run_test):
+def fit(config, classifier, training_loss, run_test, counters=None):
     """Adadelta (with a per-step StepLR when LR_DECAY < 1) for STEPS steps; a test before training and every
     TEST_EVERY steps; a checkpoint (plain state_dict) every CKPT_EVERY steps and after the last.
-    `training_loss(step)` (1-based) returns (loss, {name: float})."""
+    `training_loss(step)` (1-based) returns (loss, {name: float}).
+
+    Returns the history of tests: [{"step", "train_seconds" (wall time of the training steps so far, tests
+    excluded), "result", **counters()}]."""
+    history, train_seconds = [], 0.0
+
+    def record(step, result):
+        history.append({"step": step, "train_seconds": train_seconds, "result": result,
+                        **(counters() if counters else {})})
+
     optimizer = torch.optim.Adadelta(classifier.parameters(), lr=config["LR"])
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config["LR_DECAY"])
                  if config["LR_DECAY"] < 1.0 else None)
-    result = run_test(0)
+    record(0, run_test(0))
     progress = tqdm(range(1, config["STEPS"] + 1), desc=f"train {config['CLASSIFIER_NAME']}")
     for step in progress:
+        started = time.perf_counter()
         classifier.train()
         loss, parts = training_loss(step)
         optimizer.zero_grad(set_to_none=True)
@@ -341,16 +352,17 @@ def fit(config, classifier, training_loss, run_test):
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        train_seconds += time.perf_counter() - started
         progress.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.4f}" for k, v in parts.items()})
         last = step == config["STEPS"]
         if step % config["TEST_EVERY"] == 0 or last:
-            result = run_test(step)
+            record(step, run_test(step))
         if step % config["CKPT_EVERY"] == 0 or last:
             atomic_save({k: v.detach().cpu() for k, v in classifier.state_dict().items()},
                         checkpoint_path(config, step))
     progress.close()
     print(f"saved {checkpoint_path(config, config['STEPS'])}")
-    return result
+    return history
 
 
 def trajectory_sampler(sources, config, sde, device):
@@ -390,4 +402,4 @@ def train_joint_classifier(config, gen_idxs, classifier_class):
 
     run_test = make_tester(config, classifier, lambda x, t, _: marginal_log_probs(classifier(x, t)), test,
                            F.one_hot(test.sources, len(gen_idxs)).float(), list(gen_idxs))
-    return fit(config, classifier, training_loss, run_test)
+    return fit(config, classifier, training_loss, run_test, counters=lambda: {"pool_refreshes": pool.refreshes})

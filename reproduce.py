@@ -15,6 +15,7 @@ summarised in results/<scale>.md.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from cli import UserError, override_globals, run_main
+from models.fast_paths import PRECISIONS
 from utils import atomic_save, ensure_writable_dir, half_state_dict
 
 SCALE = "cpu"
@@ -32,6 +34,8 @@ OUT_DIR = None  # None: results/<SCALE> (grids and evaluations are committed; th
 NUM_SAMPLES = 512
 DRY_RUN = False
 SUMMARY_ONLY = False  # only rewrite results/<SCALE>.md from the evaluations that exist
+PRECISION = "float32"  # of the showcase samples; "bfloat16" (autocast) is faster on CPU, see README before using it
+ONLY = None  # a regular expression: run only the stages whose name it matches (e.g. "sample" or "_g1$")
 
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
@@ -42,19 +46,22 @@ SCALES = {
         "classifier_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "100",
                              "--batch-size", "64", "--classifier-channels", "16", "32", "--test-samples", "100",
                              "--test-every", "50", "--ckpt-every", "50"],
-        "three_way_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "350",
+        # 3-way: every pooled trajectory serves about 12 minibatches (reuse 50 x batch 64 / pool 256). Serving
+        # each 87 times over 700 steps (reuse 350) collapsed the joint table onto its diagonal (README).
+        "three_way_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "50",
                             "--batch-size", "64", "--classifier-channels", "32", "48", "--test-samples", "100",
-                            "--test-every", "100", "--ckpt-every", "100"],
-        "conditional_flags": ["--trajectory-steps", "100", "--pool-size", "64", "--pool-reuse", "100",
-                              "--batch-size", "32", "--classifier-channels", "32", "32", "--test-samples", "32",
-                              "--test-every", "50", "--ckpt-every", "50"],
+                            "--test-every", "50", "--ckpt-every", "50"],
+        "conditional_flags": ["--trajectory-steps", "100", "--pool-size", "64", "--pool-reuse", "50",
+                              "--batch-size", "16", "--classifier-channels", "32", "32", "--test-samples", "32",
+                              "--test-every", "25", "--ckpt-every", "25"],
+        "classifier_steps": {"3way_classifier": 300, "3way_conditional_classifier": 100},
         # Fewer steps are not an option: M1/M2 (1,1) at λ = 20 scored 3% support precision at 100 steps,
         # 94% at 250 and 98% at 500 (README).
-        "sample_flags": ["--num-steps", "500", "--batch-size", "128"],
+        "sample_flags": ["--num-steps", "500", "--batch-size", "128", "--compile"],
     },
     "paper": {
         "base_flags": [], "base_final_epoch": REFERENCE_EPOCH, "half_precision": False,
-        "classifier_flags": [], "three_way_flags": [], "conditional_flags": [],
+        "classifier_flags": [], "three_way_flags": [], "conditional_flags": [], "classifier_steps": {},
         "sample_flags": ["--num-steps", "500", "--batch-size", "128"],
     },
 }
@@ -75,19 +82,22 @@ SHOWCASE = [  # most important first: an interrupted run has these
     ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [3, 3, 3], [10.0, 75.0]),
 ]
 
-OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "DRY_RUN", "SUMMARY_ONLY"]
+OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "DRY_RUN", "SUMMARY_ONLY", "PRECISION",
+               "ONLY"]
 
 
 class Pipeline:
     """Runs stages as subprocesses of this Python, timing each and skipping finished ones."""
 
-    def __init__(self, run_dir: Path, dry_run: bool):
-        self.run_dir, self.dry_run = run_dir, dry_run
+    def __init__(self, run_dir: Path, dry_run: bool, only: str = None):
+        self.run_dir, self.dry_run, self.only = run_dir, dry_run, only
         self.timings_path = run_dir / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
 
     def stage(self, name, outputs, command=None, action=None):
         """Run `command` (argv after the interpreter) or `action()` unless every path in `outputs` exists."""
+        if self.only is not None and not re.search(self.only, name):
+            return
         if all(Path(p).exists() for p in outputs):
             print(f"[skip] {name}: done ({outputs[0]})", flush=True)
             return
@@ -144,6 +154,11 @@ def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
             rows.append(f"| {name} | – | pending | | | | |")
             continue
         report = json.loads(report_path.read_text())
+        settings_path = out_dir / f"{stem}.json"
+        precision = json.loads(settings_path.read_text()).get("precision", "float32") if settings_path.exists() \
+            else "float32"
+        if precision != "float32":
+            name += f" ({precision})"
         lo, hi = report["support_precision_ci"]
         tv_lo, tv_hi = report["tv_distance_ci"]
         rows.append(f"| {name} | {report['num_samples']} | {report['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
@@ -161,12 +176,13 @@ def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
 
 def main(argv=None):
     config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["NUM_SAMPLES"], choices={"SCALE": list(SCALES)})
+    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["NUM_SAMPLES"],
+                     choices={"SCALE": list(SCALES), "PRECISION": list(PRECISIONS)})
     scale, settings = config["SCALE"], SCALES[config["SCALE"]]
     run_dir = ensure_writable_dir(config["RUN_DIR"] or f"runs/{scale}")
     export_dir = ensure_writable_dir(config["EXPORT_DIR"] or ("checkpoints" if scale == "cpu" else "checkpoints/paper"))
     out_dir = ensure_writable_dir(config["OUT_DIR"] or f"results/{scale}")
-    pipeline = Pipeline(run_dir, config["DRY_RUN"])
+    pipeline = Pipeline(run_dir, config["DRY_RUN"], config["ONLY"])
     if config["SUMMARY_ONLY"]:
         print(write_summary(out_dir, scale, pipeline.timings).read_text())
         return
@@ -180,28 +196,30 @@ def main(argv=None):
         pipeline.stage(f"export {g}", [exported],
                        action=lambda: export_checkpoint(final, exported, settings["half_precision"]))
 
-    def train_classifier(name, file_name, command):
-        pipeline.stage(name, [run_dir / file_name],
-                       [*command, "--gen-ckpt-dir", str(export_dir), "--ckpt-dir", str(run_dir), "--overwrite"])
-        pipeline.stage(f"export {name}", [export_dir / file_name],
-                       action=lambda: export_checkpoint(run_dir / file_name, export_dir / file_name,
-                                                        settings["half_precision"]))
+    def train_classifier(name, classifier_name, reference_steps, command):
+        """Train for the scale's number of steps; export under the reference step's file name."""
+        steps = settings["classifier_steps"].get(classifier_name, reference_steps)
+        trained = run_dir / f"{classifier_name}_ckpt_{steps}.pth"
+        exported = export_dir / f"{classifier_name}_ckpt_{reference_steps}.pth"
+        pipeline.stage(name, [trained], [*command, "--steps", str(steps), "--gen-ckpt-dir", str(export_dir),
+                                         "--ckpt-dir", str(run_dir), "--overwrite"])
+        pipeline.stage(f"export {name}", [exported],
+                       action=lambda: export_checkpoint(trained, exported, settings["half_precision"]))
 
     # In dependency order: each group's base models, then the classifiers that need them.
     for g in ["M1", "M2"]:
         train_base_model(g)
-    train_classifier("classifier M1/M2", "classifier_ckpt_200.pth",
-                     ["train_classifier.py", *settings["classifier_flags"]])
+    train_classifier("classifier M1/M2", "classifier", 200, ["train_classifier.py", *settings["classifier_flags"]])
     for g in ["MN1", "MN2", "MN3"]:
         train_base_model(g)
-    train_classifier("3-way classifier", "3way_classifier_ckpt_700.pth",
+    train_classifier("3-way classifier", "3way_classifier", 700,
                      ["train_3way_classifier.py", *settings["three_way_flags"]])
-    train_classifier("3-way conditional classifier", "3way_conditional_classifier_ckpt_200.pth",
+    train_classifier("3-way conditional classifier", "3way_conditional_classifier", 200,
                      ["train_3way_conditional_classifier.py", *settings["conditional_flags"],
                       "--joint-classifier-path", str(export_dir / "3way_classifier_ckpt_700.pth")])
     for g in ["1", "2"]:
         train_base_model(g)
-    train_classifier("classifier 1/2", "subdigits_classifier_ckpt_200.pth",
+    train_classifier("classifier 1/2", "subdigits_classifier", 200,
                      ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2",
                       "--classifier-name", "subdigits_classifier", *settings["classifier_flags"]])
 
@@ -209,7 +227,8 @@ def main(argv=None):
         stem = composition_stem(models, observations, scales)
         pipeline.stage(f"sample {stem}", [out_dir / f"{stem}.pt"],
                        sample_command(script, models, observations, scales, export_dir, out_dir,
-                                      config["NUM_SAMPLES"], settings["sample_flags"]))
+                                      config["NUM_SAMPLES"],
+                                      [*settings["sample_flags"], "--precision", config["PRECISION"]]))
         pipeline.stage(f"evaluate {stem}", [out_dir / f"{stem}_eval.json"],
                        ["evaluate_composition.py", str(out_dir / f"{stem}.pt")])
 

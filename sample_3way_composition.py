@@ -9,6 +9,7 @@ Writes <OUT_DIR>/composition_<models>_y1-<Y_1>_y2-<Y_2>_y3-<Y_3>_g<GUIDANCE>_g<G
 """
 from cli import override_globals, run_main
 from custom_datasets import BASE_DATASETS
+from models.fast_paths import PRECISIONS
 from models.classifier_model import ThreeWayConditionalYClassifier, ThreeWayJointYClassifier
 from utils import sample_composition_to_disk
 
@@ -36,11 +37,12 @@ PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 DEVICE = "auto"
 COMPILE = False  # torch.compile every network (float32; pays off from a few hundred steps)
+PRECISION = "float32"  # or "bfloat16": autocast, faster on CPUs with bf16 support (README: effect on metrics)
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "CKPT_DIR", "CKPT_EPOCH", "CKPT_PATH_1", "CKPT_PATH_2",
                "CKPT_PATH_3", "CLASSIFIER_CKPT", "CONDITIONAL_CLASSIFIER_CKPT", "Y_1", "Y_2", "GUIDANCE", "Y_3",
                "GUIDANCE_3", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR", "SEED", "PALETTE", "OUT_DIR", "DEVICE",
-               "COMPILE"]
+               "COMPILE", "PRECISION"]
 
 
 def main(argv=None):
@@ -49,7 +51,8 @@ def main(argv=None):
     override_globals(config, OVERRIDABLE, __doc__, argv,
                      positive=["CKPT_EPOCH", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR"],
                      choices={**{f"GEN_IDX_{k}": list(BASE_DATASETS) for k in labels},
-                              **{f"Y_{k}": labels for k in labels}, "PALETTE": ["rgb", "colorblind"]})
+                              **{f"Y_{k}": labels for k in labels}, "PALETTE": ["rgb", "colorblind"],
+                              "PRECISION": list(PRECISIONS)})
     return sample_composition_to_disk(
         config, [config[f"GEN_IDX_{k}"] for k in labels],
         [(config["CLASSIFIER_CKPT"], ThreeWayJointYClassifier, "train_3way_classifier.py"),

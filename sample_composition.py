@@ -10,6 +10,7 @@ Writes <OUT_DIR>/composition_<GEN_IDX_1>_<GEN_IDX_2>_y1-<Y_1>_y2-<Y_2>_g<GUIDANC
 """
 from cli import override_globals, run_main
 from custom_datasets import BASE_DATASETS
+from models.fast_paths import PRECISIONS
 from models.classifier_model import JointYClassifier
 from utils import sample_composition_to_disk
 
@@ -32,10 +33,11 @@ PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 DEVICE = "auto"
 COMPILE = False  # torch.compile every network (float32; pays off from a few hundred steps)
+PRECISION = "float32"  # or "bfloat16": autocast, faster on CPUs with bf16 support (README: effect on metrics)
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "CKPT_DIR", "CKPT_EPOCH", "CKPT_PATH_1", "CKPT_PATH_2", "CLASSIFIER_CKPT",
                "Y_1", "Y_2", "GUIDANCE", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR", "SEED", "PALETTE",
-               "OUT_DIR", "DEVICE", "COMPILE"]
+               "OUT_DIR", "DEVICE", "COMPILE", "PRECISION"]
 
 
 def main(argv=None):
@@ -43,7 +45,8 @@ def main(argv=None):
     override_globals(config, OVERRIDABLE, __doc__, argv,
                      positive=["CKPT_EPOCH", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR"],
                      choices={"GEN_IDX_1": list(BASE_DATASETS), "GEN_IDX_2": list(BASE_DATASETS),
-                              "Y_1": [1, 2], "Y_2": [1, 2], "PALETTE": ["rgb", "colorblind"]})
+                              "Y_1": [1, 2], "Y_2": [1, 2], "PALETTE": ["rgb", "colorblind"],
+                              "PRECISION": list(PRECISIONS)})
     return sample_composition_to_disk(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]],
                                [(config["CLASSIFIER_CKPT"], JointYClassifier, "train_classifier.py")],
                                [config["Y_1"], config["Y_2"]], [config["GUIDANCE"]])

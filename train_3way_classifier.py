@@ -51,7 +51,7 @@ OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_
 def main(argv=None):
     config = parse_config(globals(), OVERRIDABLE, __doc__, argv,
                           choices={f"GEN_IDX_{k}": list(BASE_DATASETS) for k in (1, 2, 3)})
-    train_joint_classifier(config, [config[f"GEN_IDX_{k}"] for k in (1, 2, 3)], ThreeWayJointYClassifier)
+    return train_joint_classifier(config, [config[f"GEN_IDX_{k}"] for k in (1, 2, 3)], ThreeWayJointYClassifier)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def train(config):
         return classifier(x, t, test_pairs[samples, 0], test_pairs[samples, 1])
 
     run_test = make_tester(config, classifier, predict, test, test_targets, [f"y=({a},{b})" for a, b in PAIRS])
-    return fit(config, classifier, training_loss, run_test)
+    return fit(config, classifier, training_loss, run_test, counters=lambda: {"pool_refreshes": pool.refreshes})
 
 
 def main(argv=None):

@@ -55,7 +55,7 @@ OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "STEP
 def main(argv=None):
     config = parse_config(globals(), OVERRIDABLE, __doc__, argv,
                           choices={"GEN_IDX_1": list(BASE_DATASETS), "GEN_IDX_2": list(BASE_DATASETS)})
-    train_joint_classifier(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]], JointYClassifier)
+    return train_joint_classifier(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]], JointYClassifier)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     """The composition sampling scripts' shared body: load, compose, sample, save.
 
     `config` holds the scripts' globals (CKPT_DIR, CKPT_EPOCH, CKPT_PATH_<k>,
-    NUM_SAMPLES, BATCH_SIZE, NUM_STEPS, SNR, SEED, PALETTE, OUT_DIR, DEVICE, COMPILE).
+    NUM_SAMPLES, BATCH_SIZE, NUM_STEPS, SNR, SEED, PALETTE, OUT_DIR, DEVICE, COMPILE, PRECISION).
     `classifier_specs`: (checkpoint, classifier class, script that trains it)
     for the joint classifier of (y1, y2), then for the conditional one of y3 if
     there are three observations; one guidance scale each. Writes
@@ -185,6 +185,7 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     """
     from custom_datasets import dataset_spec
     from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
+    from models.fast_paths import fast_score_model
     from samplers import sample_in_batches
     from sde import VESDE
 
@@ -197,9 +198,6 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
                    for k, name in enumerate(gen_idxs, start=1)]
     score_models = [load_score_model(path, sde, device, input_channels=dataset_spec(name)[0])
                     for name, path in zip(gen_idxs, checkpoints)]
-    if config["COMPILE"]:
-        for network in [*score_models, *classifiers]:
-            network.compile()  # in place: same module, same state_dict keys
     try:
         composition = BinaryDiffusionComposition(score_models, classifiers[0], *observations[:2], guidance_scales[0])
         if len(observations) == 3:
@@ -207,6 +205,7 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
                                                           guidance_scales[1])
     except ValueError as error:
         raise UserError(str(error)) from None
+    composition = fast_score_model(composition, [*score_models, *classifiers], config["COMPILE"], config["PRECISION"])
     samples = sample_in_batches(composition, sde, config["NUM_SAMPLES"], config["BATCH_SIZE"], config["NUM_STEPS"],
                                 config["SNR"], device, config["SEED"])
     stem = "_".join(["composition", *gen_idxs, *(f"y{k}-{y}" for k, y in enumerate(observations, start=1)),
@@ -214,7 +213,8 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
             "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
             "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],
-            "num_steps": config["NUM_STEPS"], "snr": config["SNR"], "seed": config["SEED"]}
+            "num_steps": config["NUM_STEPS"], "snr": config["SNR"], "seed": config["SEED"],
+            "precision": config["PRECISION"]}
     png = save_samples(samples, config["OUT_DIR"], stem, meta, config["PALETTE"])
     print(f"saved {png} ({len(samples)} samples)")
     return png

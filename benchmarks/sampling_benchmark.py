@@ -1,12 +1,19 @@
-"""Sampling cost: composed sampling against the bare cost of its network evaluations.
+"""Sampling cost: composed sampling against the bare cost of its network evaluations, and the fast paths.
 
 For a single model, the 2-model composition and the 3-way composition, at the
 given channels, batch, steps and device, this measures in one run:
-  - composed: PC sampling of the composition (eager float32);
-  - bare: the same network evaluations alone, written out plainly (base-model
-    forwards without grad, each classifier's forward and its input gradient);
-  - compiled: the composition with every network compiled in place (torch.compile),
-    still float32; the largest score difference to eager is reported.
+  - bare: the composed score's network evaluations alone, written out plainly
+    (base-model forwards without grad, each classifier's forward and its input
+    gradient), eager float32, on the very (x, t) of the sampler's score calls
+    (recorded in a first run): the floor;
+  - composed: PC sampling of the composition, eager float32; ratio = composed / bare;
+  - fast paths, each as a speed-up over bare (> 1 is faster) with the largest
+    score difference to eager float32: channels_last memory format; every
+    network compiled in place (torch.compile, float32); bfloat16 autocast;
+    compiled + bfloat16;
+  - base models batched: the base models' forwards as one torch.func.vmap call
+    over their stacked weights, against the separate calls (bare, base models only);
+  - inference_mode: the base models' forwards under inference_mode against no_grad.
 Networks are randomly initialised (cost does not depend on the weights) with the
 CPU-scale widths by default. Table on stdout, JSON in OUT.
 
@@ -26,6 +33,7 @@ from cli import override_globals, run_main  # noqa: E402
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier,  # noqa: E402
                                      ThreeWayJointYClassifier)
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition  # noqa: E402
+from models.fast_paths import fast_score_model  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import pc_sampler  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -38,7 +46,7 @@ CONDITIONAL_CHANNELS = [32, 32]
 BATCH_SIZE = 64
 NUM_STEPS = 20
 CASES = ["single", "binary", "three_way"]
-COMPILE = True
+FAST_PATHS = ["channels_last", "compiled", "bfloat16", "compiled_bfloat16"]
 REPEATS = 3  # each time is the fastest of this many runs
 THREADS = 0  # 0 = torch's default
 SEED = 0
@@ -46,7 +54,7 @@ DEVICE = "auto"
 OUT = "benchmarks/results/sampling.json"
 
 OVERRIDABLE = ["CHANNELS", "JOINT_CHANNELS", "THREE_WAY_CHANNELS", "CONDITIONAL_CHANNELS", "BATCH_SIZE", "NUM_STEPS",
-               "CASES", "COMPILE", "REPEATS", "THREADS", "SEED", "DEVICE", "OUT"]
+               "CASES", "FAST_PATHS", "REPEATS", "THREADS", "SEED", "DEVICE", "OUT"]
 
 
 def build_case(case, config, sde, device):
@@ -92,58 +100,140 @@ def timed(fn, device, repeats):
     return min(times)
 
 
+def batched_base_models(models):
+    """One call evaluating every base model on the same (x, t): torch.func.vmap over their stacked weights."""
+    from torch.func import functional_call, stack_module_state
+
+    params, buffers = stack_module_state(models)
+    skeleton = models[0]
+
+    def call(p, b, x, t):
+        return functional_call(skeleton, (p, b), (x, t))
+
+    return lambda x, t: torch.func.vmap(call, in_dims=(0, 0, None, None))(params, buffers, x, t)
+
+
+class RecordingScore(torch.nn.Module):
+    """Passes score calls through and keeps each call's (x, t): the bare work is timed on the very inputs
+    sampling visits (the cost of some kernels depends on the values, e.g. the noise level)."""
+
+    def __init__(self, score_model):
+        super().__init__()
+        self.score_model, self.input_channels, self.calls = score_model, score_model.input_channels, []
+
+    def forward(self, x, t):
+        self.calls.append((x.clone(), t.clone()))
+        return self.score_model(x, t)
+
+
 def benchmark_case(case, config, sde, device):
     score_model, models, classifiers = build_case(case, config, sde, device)
-    batch, steps = config["BATCH_SIZE"], config["NUM_STEPS"]
-    x = torch.randn(batch, 3, 28, 28, device=device) * 5
+    networks = [*models, *(classifier for classifier, _ in classifiers)]
+    batch, steps, repeats = config["BATCH_SIZE"], config["NUM_STEPS"], config["REPEATS"]
+    x = torch.randn(batch, 3, 28, 28, device=device) * 5  # where score deviations are measured
     t = torch.full((batch,), 0.5, device=device)
 
-    def sample():
-        pc_sampler(score_model, sde, batch, steps, device=device,
-                   generator=torch.Generator(device).manual_seed(config["SEED"]), progress=False)
+    def sampler(model):
+        return lambda: pc_sampler(model, sde, batch, steps, device=device,
+                                  generator=torch.Generator(device).manual_seed(config["SEED"]), progress=False)
+
+    recorder = RecordingScore(score_model)
+    sampler(recorder)()  # two score calls per PC step (corrector + predictor)
 
     def bare():
-        for _ in range(2 * steps):  # corrector + predictor: two score calls per step
-            bare_score_evaluations(models, classifiers, x, t)
+        for x_call, t_call in recorder.calls:
+            bare_score_evaluations(models, classifiers, x_call, t_call)
 
+    def base_forwards(grad_mode):
+        def run():
+            for x_call, t_call in recorder.calls:
+                with grad_mode():
+                    for model in models:
+                        model(x_call, t_call)
+        return run
+
+    sample = sampler(score_model)
     sample(), bare()  # warm-up (allocator, oneDNN primitive caches)
-    result = {"case": case, "networks_per_score_call": len(models) + len(classifiers)}
-    result["bare_s"] = timed(bare, device, config["REPEATS"])
-    result["composed_s"] = timed(sample, device, config["REPEATS"])
-    evaluations = 2 * steps * batch * result["networks_per_score_call"]
+    result = {"case": case, "networks_per_score_call": len(networks)}
+    result["bare_s"] = timed(bare, device, repeats)
+    result["composed_s"] = timed(sample, device, repeats)
+    evaluations = 2 * steps * batch * len(networks)
     result["overhead_ratio"] = result["composed_s"] / result["bare_s"]
     result["images_per_s"] = batch / result["composed_s"]
     result["network_evals_per_s"] = evaluations / result["composed_s"]
-    if config["COMPILE"]:
-        eager_score = score_model(x, t).detach()
-        for network in [*models, *(classifier for classifier, _ in classifiers)]:
-            network.compile()  # in place: same module, same state_dict keys
-        start = time.perf_counter()
-        sample()  # compiles
-        result["compile_s"] = time.perf_counter() - start
-        result["compiled_s"] = timed(sample, device, config["REPEATS"])
-        result["compiled_speedup_vs_bare"] = result["bare_s"] / result["compiled_s"]
-        result["compiled_images_per_s"] = batch / result["compiled_s"]
-        result["compiled_max_abs_score_diff"] = float((score_model(x, t).detach() - eager_score).abs().max())
-        result["score_scale"] = float(eager_score.abs().max())
+    result["base_no_grad_s"] = timed(base_forwards(torch.no_grad), device, repeats)
+    result["base_inference_mode_s"] = timed(base_forwards(torch.inference_mode), device, repeats)
+    if len(models) > 1:
+        batched = batched_base_models(models)
+
+        def vmapped():
+            with torch.no_grad():
+                for x_call, t_call in recorder.calls:
+                    batched(x_call, t_call)
+        vmapped()
+        result["base_vmap_s"] = timed(vmapped, device, repeats)
+    eager_score = score_model(x, t).detach()
+    result["score_scale"] = float(eager_score.abs().max())
+    paths, fast = config["FAST_PATHS"], {}
+
+    def measure(path, model):
+        fast[path] = measure_fast_path(model, sampler, x, t, eager_score, device, repeats)
+
+    if "channels_last" in paths:
+        for network in networks:
+            network.to(memory_format=torch.channels_last)
+        measure("channels_last", score_model)
+        for network in networks:
+            network.to(memory_format=torch.contiguous_format)
+    if "bfloat16" in paths:
+        measure("bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
+    if any(path.startswith("compiled") for path in paths):
+        fast_score_model(score_model, networks, compile_networks=True)  # in place: the compiled paths come last
+    if "compiled" in paths:
+        measure("compiled", score_model)
+    if "compiled_bfloat16" in paths:
+        measure("compiled_bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
+    for path, measured in fast.items():
+        measured["speedup_vs_bare"] = result["bare_s"] / measured["s"]
+        measured["images_per_s"] = batch / measured["s"]
+    result["fast_paths"] = fast
     return result
+
+
+def measure_fast_path(model, sampler, x, t, eager_score, device, repeats):
+    """Sampling time of `model` (after a warm-up run that compiles where needed) and its score's deviation."""
+    start = time.perf_counter()
+    sampler(model)()
+    warm_up = time.perf_counter() - start
+    seconds = timed(sampler(model), device, repeats)
+    deviation = float((model(x, t).detach().float() - eager_score).abs().max())
+    return {"s": seconds, "warm_up_s": warm_up, "max_abs_score_diff": deviation}
 
 
 def print_table(results, header):
     print(header)
-    print(f"{'case':<10} {'nets':>4} {'bare s':>8} {'composed s':>10} {'ratio':>6} {'img/s':>7} {'evals/s':>8}"
-          f" {'compiled s':>10} {'vs bare':>8} {'max |diff|':>10}")
+    print(f"{'case':<10} {'nets':>4} {'bare s':>7} {'composed s':>10} {'ratio':>6} {'img/s':>6} {'evals/s':>7}"
+          f" {'vmap/sep':>8} {'inf/nograd':>10}")
     for r in results:
-        compiled = (f" {r['compiled_s']:>10.2f} {r['compiled_speedup_vs_bare']:>7.2f}x {r['compiled_max_abs_score_diff']:>10.1e}"
-                    if "compiled_s" in r else "")
-        print(f"{r['case']:<10} {r['networks_per_score_call']:>4} {r['bare_s']:>8.2f} {r['composed_s']:>10.2f}"
-              f" {r['overhead_ratio']:>6.3f} {r['images_per_s']:>7.1f} {r['network_evals_per_s']:>8.0f}{compiled}")
+        vmap = f"{r['base_vmap_s'] / r['base_no_grad_s']:>8.2f}" if "base_vmap_s" in r else f"{'–':>8}"
+        print(f"{r['case']:<10} {r['networks_per_score_call']:>4} {r['bare_s']:>7.2f} {r['composed_s']:>10.2f}"
+              f" {r['overhead_ratio']:>6.3f} {r['images_per_s']:>6.1f} {r['network_evals_per_s']:>7.0f} {vmap}"
+              f" {r['base_inference_mode_s'] / r['base_no_grad_s']:>10.2f}")
+    paths = list(results[0]["fast_paths"]) if results else []
+    if paths:
+        print("\nfast paths: speed-up over bare eager float32 (max |score diff| / max |score|)")
+        print(f"{'case':<10} " + " ".join(f"{p:>24}" for p in paths))
+        for r in results:
+            cells = [f"{f['speedup_vs_bare']:>6.2f}x ({f['max_abs_score_diff'] / r['score_scale']:.0e})"
+                     for f in r["fast_paths"].values()]
+            print(f"{r['case']:<10} " + " ".join(f"{c:>24}" for c in cells))
 
 
 def main(argv=None):
     config = dict(globals())
     override_globals(config, OVERRIDABLE, __doc__, argv, positive=["BATCH_SIZE", "NUM_STEPS", "CHANNELS", "REPEATS"],
-                     choices={"CASES": ["single", "binary", "three_way"]})
+                     choices={"CASES": ["single", "binary", "three_way"],
+                              "FAST_PATHS": ["channels_last", "compiled", "bfloat16", "compiled_bfloat16"]})
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
     torch.manual_seed(config["SEED"])
@@ -152,7 +242,7 @@ def main(argv=None):
     results = [benchmark_case(case, config, sde, device) for case in config["CASES"]]
     header = (f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, channels "
               f"{config['CHANNELS']}, batch {config['BATCH_SIZE']}, {config['NUM_STEPS']} PC steps; "
-              f"ratio = composed / bare (eager float32), vs bare = bare / compiled")
+              f"ratio = composed / bare (eager float32); vmap/sep and inf/nograd: base-model forwards only")
     print_table(results, header)
     out = Path(config["OUT"])
     out.parent.mkdir(parents=True, exist_ok=True)

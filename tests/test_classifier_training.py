@@ -211,8 +211,13 @@ def test_help_lists_every_global(capsys):
 
 
 def test_train_classifier_writes_loadable_checkpoints_and_plot(tiny_base_checkpoints, tmp_path):
-    train_classifier.main(TINY + ["--gen-ckpt-dir", str(tiny_base_checkpoints), "--ckpt-dir", str(tmp_path),
-                                  "--warmup-steps", "1"])
+    history = train_classifier.main(TINY + ["--gen-ckpt-dir", str(tiny_base_checkpoints), "--ckpt-dir",
+                                            str(tmp_path), "--warmup-steps", "1", "--pool-reuse", "2"])
+    # The history the training benchmark reads: a test before training and after each step, with costs.
+    assert [entry["step"] for entry in history] == [0, 1, 2]
+    assert history[0]["train_seconds"] == 0.0 < history[1]["train_seconds"] <= history[2]["train_seconds"]
+    assert [entry["pool_refreshes"] for entry in history] == [0, 1, 1]
+    assert history[-1]["result"].accuracy.shape[1] == 2
     assert {p.name for p in tmp_path.iterdir()} == {"classifier_ckpt_1.pth", "classifier_ckpt_2.pth",
                                                     "classifier_accuracy.png"}
     classifier = load_classifier(tmp_path / "classifier_ckpt_2.pth", JointYClassifier, "cpu", "train_classifier.py")

@@ -1,26 +1,53 @@
-"""The float32 fast path (networks compiled in place) gives the same composed scores as eager."""
+"""The sampling fast paths: compiled float32 gives the eager scores; bfloat16 autocast stays close."""
+import pytest
 import torch
 
 from models.classifier_model import JointYClassifier
 from models.compositions import BinaryDiffusionComposition
+from models.fast_paths import AutocastScore, fast_score_model
 from models.score_model import ScoreNet
 from samplers import pc_sampler
 from sde import VESDE
 
 
-def test_compiled_composition_matches_eager():
+def tiny_composition():
     torch.manual_seed(0)
     sde = VESDE()
     models = [ScoreNet(sde.marginal_prob_std, (32, 32, 32, 32), embed_dim=32, input_channels=3) for _ in range(2)]
     classifier = JointYClassifier(embed_dim=32, t_embed_dim=16, input_channels=3, channels=(8, 8))
-    composition = BinaryDiffusionComposition(models, classifier, 1, 2, guidance_scale=20.0)
-    x, t = torch.randn(4, 3, 28, 28) * 3, torch.tensor([0.9, 0.5, 0.2, 0.05])
-    eager = composition(x, t)
+    return sde, BinaryDiffusionComposition(models, classifier, 1, 2, guidance_scale=20.0), [*models, classifier]
+
+
+X, T = torch.randn(4, 3, 28, 28, generator=torch.Generator().manual_seed(2)) * 3, torch.tensor([0.9, 0.5, 0.2, 0.05])
+
+
+def test_compiled_composition_matches_eager():
+    sde, composition, networks = tiny_composition()
+    keys = list(composition.state_dict())
+    eager = composition(X, T)
     eager_samples = pc_sampler(composition, sde, 4, 3, generator=torch.Generator().manual_seed(1), progress=False)
-    for network in [*models, classifier]:
-        network.compile()
-    compiled = composition(x, t)
-    compiled_samples = pc_sampler(composition, sde, 4, 3, generator=torch.Generator().manual_seed(1), progress=False)
-    assert any(getattr(m, "_compiled_call_impl", None) is not None for m in models)
+    compiled_model = fast_score_model(composition, networks, compile_networks=True)
+    compiled = compiled_model(X, T)
+    compiled_samples = pc_sampler(compiled_model, sde, 4, 3, generator=torch.Generator().manual_seed(1),
+                                  progress=False)
+    assert all(getattr(network, "_compiled_call_impl", None) is not None for network in networks)
+    assert list(composition.state_dict()) == keys  # checkpoints load either way
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * float(eager.abs().max()))
     torch.testing.assert_close(compiled_samples, eager_samples, rtol=1e-3, atol=1e-3)
+
+
+def test_bfloat16_autocast_is_close_and_returns_float32():
+    _, composition, networks = tiny_composition()
+    eager = composition(X, T)
+    autocast_model = fast_score_model(composition, networks, precision="bfloat16")
+    assert isinstance(autocast_model, AutocastScore) and autocast_model.input_channels == 3
+    reduced = autocast_model(X, T)
+    assert reduced.dtype == torch.float32
+    relative_error = float((reduced - eager).norm() / eager.norm())
+    assert 0.0 < relative_error < 0.05  # reduced precision did act, and stayed close
+
+
+def test_unknown_precision_is_rejected():
+    _, composition, networks = tiny_composition()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fast_score_model(composition, networks, precision="float16x")

@@ -25,6 +25,15 @@ def test_dry_run_lists_stages_in_dependency_order(tmp_path, capsys):
     assert sum(n.startswith("evaluate") for n in names) == len(reproduce.SHOWCASE)
     assert all(line.startswith("[run ]") for line in lines)
     assert "--num-steps 500" in next(line for line in lines if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
+    # The cpu scale trains the 3-way classifier for fewer steps and exports it under the reference name.
+    three_way = next(line for line in lines if line.startswith("[run ] 3-way classifier"))
+    assert "--steps 300" in three_way
+    conditional = next(line for line in lines if line.startswith("[run ] 3-way conditional classifier"))
+    assert "3way_classifier_ckpt_700.pth" in conditional
+
+    # --only runs the matching stages alone.
+    lines = stage_lines(capsys, ["--dry-run", *dirs, "--only", "_g1$"])
+    assert lines and all(line.endswith("_g1") or "_g1:" in line or "_g1.pt" in line for line in lines)
 
     # A finished base model is skipped; a half-finished one resumes.
     (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")
@@ -54,7 +63,12 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
     (out_dir / f"{stem}_eval.json").write_text(json.dumps({
         "num_samples": 512, "support_precision": 0.97, "support_precision_ci": [0.95, 0.98], "tv_distance": 0.05,
         "tv_distance_ci": [0.03, 0.07], "tv_of_exact_samples": {"mean": 0.01}, "unrecognisable_share": 0.02}))
+    _, models, observations, scales = reproduce.SHOWCASE[1]
+    second = reproduce.composition_stem(models, observations, scales)
+    (out_dir / f"{second}_eval.json").write_text((out_dir / f"{stem}_eval.json").read_text())
+    (out_dir / f"{second}.json").write_text(json.dumps({"precision": "bfloat16"}))
     text = reproduce.write_summary(out_dir, "cpu", {"base M1": 100.4, "export M1": 0.0}).read_text()
+    assert "| 20 (bfloat16) | 512 |" in text and text.count("(bfloat16)") == 1
     assert f"| 512 | 97.0% (95.0%–98.0%) | 0.050 (0.030–0.070) | 0.010 | 2.0% | [png](cpu/{stem}.png) |" in text
-    assert text.count("pending") == len(reproduce.SHOWCASE) - 1
+    assert text.count("pending") == len(reproduce.SHOWCASE) - 2
     assert "| base M1 | 100 |" in text and "export M1" not in text

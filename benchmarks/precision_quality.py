@@ -1,0 +1,92 @@
+"""Does bfloat16 autocast keep the showcase metrics? Reduced precision against the float32 results.
+
+For each showcase composition in ROWS (indices into reproduce.SHOWCASE), reads the
+float32 evaluation that `python reproduce.py --scale SCALE` wrote to
+results/<SCALE>/, samples the composition again with the same settings (models,
+λ, number of samples, the scale's sampler flags, seed) under PRECISION, evaluates it
+with evaluate_composition.py, and reports whether its support precision and TV
+fall inside the float32 run's 95% bootstrap intervals. Table on stdout, JSON in OUT_DIR.
+
+    python benchmarks/precision_quality.py                    # rows 1 and 8: M1/M2 (1,1) λ=20, MN (1,2,3)
+    python benchmarks/precision_quality.py --rows 0 1 2 8
+"""
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import evaluate_composition  # noqa: E402
+import reproduce  # noqa: E402
+from cli import UserError, override_globals, run_main  # noqa: E402
+
+SCALE = "cpu"
+ROWS = [1, 8]  # reproduce.SHOWCASE indices
+PRECISION = "bfloat16"
+CKPT_DIR = "checkpoints"
+OUT_DIR = "outputs/precision_quality"
+
+OVERRIDABLE = ["SCALE", "ROWS", "PRECISION", "CKPT_DIR", "OUT_DIR"]
+
+
+def inside(value, interval):
+    low, high = interval
+    return low <= value <= high
+
+
+def compare_row(index, config):
+    script, models, observations, scales = reproduce.SHOWCASE[index]
+    stem = reproduce.composition_stem(models, observations, scales)
+    reference_dir = Path("results") / config["SCALE"]
+    reference_path = reference_dir / f"{stem}_eval.json"
+    if not reference_path.exists():
+        raise UserError(f"{reference_path} is missing; run `python reproduce.py --scale {config['SCALE']}` first")
+    reference = json.loads(reference_path.read_text())
+    settings = json.loads((reference_dir / f"{stem}.json").read_text())
+    flags = [*reproduce.SCALES[config["SCALE"]]["sample_flags"], "--seed", str(settings["seed"]),
+             "--precision", config["PRECISION"]]
+    command = reproduce.sample_command(script, models, observations, scales, Path(config["CKPT_DIR"]),
+                                       Path(config["OUT_DIR"]), reference["num_samples"], flags)
+    start = time.perf_counter()
+    png = importlib.import_module(script.removesuffix(".py")).main(command[1:])
+    seconds = time.perf_counter() - start
+    report = evaluate_composition.main([str(png.with_suffix(".pt"))])
+    return {"composition": stem, "num_samples": report["num_samples"], "sampling_s": seconds,
+            "float32": {key: reference[key] for key in
+                        ("support_precision", "support_precision_ci", "tv_distance", "tv_distance_ci")},
+            config["PRECISION"]: {"support_precision": report["support_precision"],
+                                  "tv_distance": report["tv_distance"]},
+            "precision_inside_ci": inside(report["support_precision"], reference["support_precision_ci"]),
+            "tv_inside_ci": inside(report["tv_distance"], reference["tv_distance_ci"])}
+
+
+def main(argv=None):
+    config = dict(globals())
+    override_globals(config, OVERRIDABLE, __doc__, argv, choices={"SCALE": list(reproduce.SCALES),
+                                                                  "PRECISION": ["bfloat16", "float32"]})
+    for index in config["ROWS"]:
+        if not 0 <= index < len(reproduce.SHOWCASE):
+            raise UserError(f"--rows: {index} is not a showcase row (0..{len(reproduce.SHOWCASE) - 1})")
+    results = [compare_row(index, config) for index in config["ROWS"]]
+    precision = config["PRECISION"]
+    print(f"\n{'composition':<48} {'float32 precision (CI)':>26} {precision:>9} {'in':>3}"
+          f" {'float32 TV (CI)':>22} {precision:>9} {'in':>3}")
+    for r in results:
+        reference, reduced = r["float32"], r[precision]
+        p_lo, p_hi = reference["support_precision_ci"]
+        tv_lo, tv_hi = reference["tv_distance_ci"]
+        print(f"{r['composition']:<48} {reference['support_precision']:>7.1%} ({p_lo:.1%}–{p_hi:.1%})"
+              f" {reduced['support_precision']:>9.1%} {'yes' if r['precision_inside_ci'] else 'no':>3}"
+              f" {reference['tv_distance']:>6.3f} ({tv_lo:.3f}–{tv_hi:.3f}) {reduced['tv_distance']:>9.3f}"
+              f" {'yes' if r['tv_inside_ci'] else 'no':>3}")
+    out = Path(config["OUT_DIR"]) / "precision_quality.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "results": results}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,47 @@
+"""The benchmark scripts run end to end on tiny settings and report what README quotes."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import classifier_benchmark  # noqa: E402
+import sampling_benchmark  # noqa: E402
+from models.score_model import ScoreNet  # noqa: E402
+from sde import VESDE  # noqa: E402
+
+
+def test_sampling_benchmark_reports_ratio_and_fast_paths(tmp_path):
+    out = tmp_path / "sampling.json"
+    sampling_benchmark.main(["--batch-size", "2", "--num-steps", "2", "--repeats", "1", "--channels", "32", "32", "32",
+                             "32", "--cases", "single", "three_way", "--fast-paths", "channels_last", "bfloat16",
+                             "--out", str(out)])
+    report = json.loads(out.read_text())
+    single, three_way = report["results"]
+    assert three_way["networks_per_score_call"] == 5 and "base_vmap_s" in three_way and "base_vmap_s" not in single
+    for result in report["results"]:
+        assert result["overhead_ratio"] == result["composed_s"] / result["bare_s"]
+        assert set(result["fast_paths"]) == {"channels_last", "bfloat16"}
+        assert result["fast_paths"]["channels_last"]["max_abs_score_diff"] <= 1e-4 * result["score_scale"]
+
+
+def test_classifier_benchmark_step_and_convergence(tmp_path):
+    for gen_idx in ("M1", "M2"):
+        model = ScoreNet(VESDE().marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=8, input_channels=3)
+        torch.save(model.state_dict(), tmp_path / f"gen_{gen_idx}_ckpt_195.pth")
+    out = tmp_path / "classifier.json"
+    classifier_benchmark.POOLS = [[2, 1], [4, 3]]
+    classifier_benchmark.main(["--step-batch-size", "2", "--repeats", "1", "--gen-ckpt-dir", str(tmp_path),
+                               "--trajectory-steps", "5", "--batch-size", "2", "--steps", "3", "--warmup-steps", "1",
+                               "--test-every", "1", "--test-samples", "2", "--classifier-channels", "4", "4",
+                               "--terminal-target", "0.0", "--noisy-target", "1.01", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert [r["case"] for r in report["step"]] == list(classifier_benchmark.STEP_CASES)
+    fresh, pool = report["convergence"]
+    # Fresh trajectories: a refresh of 2 per model at every step; the pool of 4 serves 3 steps.
+    per_refresh = lambda size: size * 2 * 5 * 2  # noqa: E731
+    assert [row["score_evaluations"] for row in fresh["history"]] == [0] + [k * per_refresh(2) for k in (1, 2, 3)]
+    assert [row["score_evaluations"] for row in pool["history"]] == [0] + [per_refresh(4)] * 3
+    assert fresh["reached"]["terminal_accuracy"]["step"] == 0 and fresh["reached"]["noisy_accuracy"] is None
