@@ -45,17 +45,29 @@ def validate_composition(models, observations) -> int:
     return channels.pop()
 
 
+def cell_densities(models, root=DATA_ROOT) -> dict:
+    """{(digit, colour): [p_i(x) for each model]}: the density 1/|D_i| of one image of the cell under each
+    base model (0 where the model lacks the cell), for every cell of the models' datasets, sorted."""
+    counts = digit_counts(root)
+    model_cells = [set(dataset_spec(str(name))[1]) for name in models]
+    image_density = [1.0 / sum(counts[digit] for digit, _ in cells) for cells in model_cells]
+    return {cell: [density if cell in cells else 0.0 for density, cells in zip(image_density, model_cells)]
+            for cell in sorted(set().union(*model_cells))}
+
+
+def model_posteriors(models, root=DATA_ROOT) -> dict:
+    """{(digit, colour): [p(y = i | x) for each model]} for an image x of each cell (uniform prior over models):
+    what a perfect classifier outputs at t = 0."""
+    return {cell: [d / sum(densities) for d in densities] for cell, densities in cell_densities(models, root).items()}
+
+
 def target_distribution(models, observations=(), root=DATA_ROOT) -> dict:
     """{(digit, colour): probability} of p(x | y_1..y_n) over the base datasets' cells; largest first, no zeros."""
     models = [str(name) for name in models]
     validate_composition(models, observations)
     counts = digit_counts(root)
-    model_cells = [set(dataset_spec(name)[1]) for name in models]
-    # Density of one image of each model: 1/|D_i|.
-    image_density = [1.0 / sum(counts[digit] for digit, _ in cells) for cells in model_cells]
     weights = {}
-    for cell in sorted(set().union(*model_cells)):
-        densities = [density if cell in cells else 0.0 for density, cells in zip(image_density, model_cells)]
+    for cell, densities in cell_densities(models, root).items():
         total = sum(densities)
         weight = counts[cell[0]] * total / len(models)
         for label in observations:
