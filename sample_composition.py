@@ -32,7 +32,7 @@ SEED = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 DEVICE = "auto"
-COMPILE = False  # torch.compile every network (float32; pays off from a few hundred steps)
+COMPILE = False  # torch.compile the score networks (float32; pays off from a few hundred steps)
 PRECISION = "float32"  # or "bfloat16": autocast, faster on CPUs with bf16 support (README: effect on metrics)
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "CKPT_DIR", "CKPT_EPOCH", "CKPT_PATH_1", "CKPT_PATH_2", "CLASSIFIER_CKPT",

@@ -25,7 +25,7 @@ SEED = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 DEVICE = "auto"
-COMPILE = False  # torch.compile every network (float32; pays off from a few hundred steps)
+COMPILE = False  # torch.compile the score networks (float32; pays off from a few hundred steps)
 PRECISION = "float32"  # or "bfloat16": autocast, faster on CPUs with bf16 support (README: effect on metrics)
 
 OVERRIDABLE = ["GEN_IDX", "CKPT_DIR", "CKPT_EPOCH", "CKPT_PATH", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR",

@@ -26,7 +26,7 @@ SCALE = "cpu"
 ROWS = [1, 8]  # reproduce.SHOWCASE indices
 PRECISION = "bfloat16"
 CKPT_DIR = "checkpoints"
-OUT_DIR = "outputs/precision_quality"
+OUT_DIR = "benchmarks/results/precision_quality"
 
 OVERRIDABLE = ["SCALE", "ROWS", "PRECISION", "CKPT_DIR", "OUT_DIR"]
 

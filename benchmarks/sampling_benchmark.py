@@ -8,9 +8,10 @@ given channels, batch, steps and device, this measures in one run:
     (recorded in a first run): the floor;
   - composed: PC sampling of the composition, eager float32; ratio = composed / bare;
   - fast paths, each as a speed-up over bare (> 1 is faster) with the largest
-    score difference to eager float32: channels_last memory format; every
-    network compiled in place (torch.compile, float32); bfloat16 autocast;
-    compiled + bfloat16;
+    score difference to eager float32: channels_last memory format; the score
+    networks compiled in place (torch.compile, float32; what --compile does);
+    bfloat16 autocast; compiled + bfloat16; every network compiled, classifiers
+    included ("compiled_all", float32);
   - base models batched: the base models' forwards as one torch.func.vmap call
     over their stacked weights, against the separate calls (bare, base models only);
   - inference_mode: the base models' forwards under inference_mode against no_grad.
@@ -46,7 +47,7 @@ CONDITIONAL_CHANNELS = [32, 32]
 BATCH_SIZE = 64
 NUM_STEPS = 20
 CASES = ["single", "binary", "three_way"]
-FAST_PATHS = ["channels_last", "compiled", "bfloat16", "compiled_bfloat16"]
+FAST_PATHS = ["channels_last", "bfloat16", "compiled", "compiled_bfloat16", "compiled_all"]
 REPEATS = 3  # each time is the fastest of this many runs
 THREADS = 0  # 0 = torch's default
 SEED = 0
@@ -187,12 +188,15 @@ def benchmark_case(case, config, sde, device):
             network.to(memory_format=torch.contiguous_format)
     if "bfloat16" in paths:
         measure("bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
+    # Compiling is in place, so the compiled paths come last, the classifiers' compilation the very last.
     if any(path.startswith("compiled") for path in paths):
-        fast_score_model(score_model, networks, compile_networks=True)  # in place: the compiled paths come last
+        fast_score_model(score_model, models, compile_networks=True)
     if "compiled" in paths:
         measure("compiled", score_model)
     if "compiled_bfloat16" in paths:
         measure("compiled_bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
+    if "compiled_all" in paths and classifiers:
+        measure("compiled_all", fast_score_model(score_model, [c for c, _ in classifiers], compile_networks=True))
     for path, measured in fast.items():
         measured["speedup_vs_bare"] = result["bare_s"] / measured["s"]
         measured["images_per_s"] = batch / measured["s"]
@@ -219,21 +223,21 @@ def print_table(results, header):
         print(f"{r['case']:<10} {r['networks_per_score_call']:>4} {r['bare_s']:>7.2f} {r['composed_s']:>10.2f}"
               f" {r['overhead_ratio']:>6.3f} {r['images_per_s']:>6.1f} {r['network_evals_per_s']:>7.0f} {vmap}"
               f" {r['base_inference_mode_s'] / r['base_no_grad_s']:>10.2f}")
-    paths = list(results[0]["fast_paths"]) if results else []
+    paths = [path for path in FAST_PATHS if any(path in r["fast_paths"] for r in results)]
     if paths:
         print("\nfast paths: speed-up over bare eager float32 (max |score diff| / max |score|)")
-        print(f"{'case':<10} " + " ".join(f"{p:>24}" for p in paths))
+        print(f"{'case':<10} " + " ".join(f"{p:>19}" for p in paths))
         for r in results:
-            cells = [f"{f['speedup_vs_bare']:>6.2f}x ({f['max_abs_score_diff'] / r['score_scale']:.0e})"
-                     for f in r["fast_paths"].values()]
-            print(f"{r['case']:<10} " + " ".join(f"{c:>24}" for c in cells))
+            cells = [f"{fast['speedup_vs_bare']:>5.2f}x ({fast['max_abs_score_diff'] / r['score_scale']:.0e})"
+                     if fast else "–" for fast in (r["fast_paths"].get(p) for p in paths)]
+            print(f"{r['case']:<10} " + " ".join(f"{c:>19}" for c in cells))
 
 
 def main(argv=None):
     config = dict(globals())
     override_globals(config, OVERRIDABLE, __doc__, argv, positive=["BATCH_SIZE", "NUM_STEPS", "CHANNELS", "REPEATS"],
                      choices={"CASES": ["single", "binary", "three_way"],
-                              "FAST_PATHS": ["channels_last", "compiled", "bfloat16", "compiled_bfloat16"]})
+                              "FAST_PATHS": FAST_PATHS})
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
     torch.manual_seed(config["SEED"])

@@ -24,7 +24,7 @@ BATCH_SIZE = 128
 CKPT_DIR = "checkpoints"
 SEED = 0
 COMPILE = False
-OUT_DIR = "outputs/steps_quality"
+OUT_DIR = "benchmarks/results/steps_quality"
 
 # (label, sample script module, its flags)
 COMPOSITIONS = [

@@ -3,7 +3,10 @@
 Both keep the module structure and state_dict keys unchanged, so checkpoints
 load either way. Compiling is float32 and gives the eager scores within float
 tolerance; bfloat16 autocast is an option whose effect on the showcase metrics
-is measured in README (it changes scores at the 1e-2 relative level).
+is measured in README (it changes scores at the 1e-2 relative level). The
+sample scripts compile the score networks only: compiled, a classifier's
+forward plus input gradient ran about 2x slower than eager on CPU
+(benchmarks/sampling_benchmark.py, path "compiled_all").
 """
 import torch
 import torch.nn as nn
