@@ -111,6 +111,8 @@ class Pipeline:
                 raise UserError(f"stage '{name}' failed (exit {result.returncode}); fix it and rerun: finished stages are kept")
         else:
             action()
+        # Re-read first: another run of this script (e.g. with another --only) may have added stages meanwhile.
+        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
         self.timings[name] = round(time.time() - start, 1)
         self.timings_path.write_text(json.dumps(self.timings, indent=2) + "\n")
         print(f"[done] {name} in {self.timings[name]:.0f} s", flush=True)
@@ -171,7 +173,21 @@ def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
     path.parent.mkdir(exist_ok=True)
     path.write_text(f"Produced by `python reproduce.py --scale {scale}`.\n\n" + "\n".join(rows)
                     + "\n\nStage wall times (this machine):\n\n" + "\n".join(times) + "\n")
+    update_readme(Path("README.md"), f"results:{scale}", "\n".join(rows))
+    update_readme(Path("README.md"), f"times:{scale}", "\n".join(times))
     return path
+
+
+def update_readme(readme: Path, marker: str, text: str) -> None:
+    """Replace what lies between <!-- marker --> and <!-- /marker --> in README, if it has them."""
+    if not readme.exists():
+        return
+    content = readme.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start in content and end in content:
+        before, rest = content.split(start, 1)
+        after = rest.split(end, 1)[1]
+        readme.write_text(f"{before}{start}\n{text}\n{end}{after}")
 
 
 def main(argv=None):
