@@ -24,6 +24,7 @@ BATCH_SIZE = 128
 CKPT_DIR = "checkpoints"
 SEED = 0
 COMPILE = False
+PLOT_ONLY = False  # redraw the plot from OUT_DIR/steps_quality.json without sampling
 OUT_DIR = "benchmarks/results/steps_quality"
 
 # (label, sample script module, its flags)
@@ -33,7 +34,7 @@ COMPOSITIONS = [
     ("MN (1,2,3) λ=10,75", sample_3way_composition, []),
 ]
 
-OVERRIDABLE = ["STEPS", "NUM_SAMPLES", "BATCH_SIZE", "CKPT_DIR", "SEED", "COMPILE", "OUT_DIR"]
+OVERRIDABLE = ["STEPS", "NUM_SAMPLES", "BATCH_SIZE", "CKPT_DIR", "SEED", "COMPILE", "PLOT_ONLY", "OUT_DIR"]
 
 
 def plot(rows, path):
@@ -45,10 +46,16 @@ def plot(rows, path):
     for label in dict.fromkeys(row["composition"] for row in rows):
         mine = sorted((r for r in rows if r["composition"] == label), key=lambda r: r["steps"])
         steps = [r["steps"] for r in mine]
-        ax_precision.plot(steps, [r["support_precision"] for r in mine], marker="o", label=label)
+        precision = [r["support_precision"] for r in mine]
+        errors = [[p - r["support_precision_ci"][0] for p, r in zip(precision, mine)],
+                  [r["support_precision_ci"][1] - p for p, r in zip(precision, mine)]]
+        ax_precision.errorbar(steps, precision, yerr=errors, marker="o", capsize=3, label=label)
         ax_tv.plot(steps, [r["tv_distance"] for r in mine], marker="o", label=label)
-    ax_precision.set(xlabel="PC steps", ylabel="support precision", xscale="log", ylim=(0, 1.02))
-    ax_tv.set(xlabel="PC steps", ylabel="TV to the exact (λ = 1) target", xscale="log", ylim=(0, 1.02))
+    all_steps = sorted({r["steps"] for r in rows})
+    for ax, ylabel in ((ax_precision, "support precision (95% CI)"), (ax_tv, "TV to the exact (λ = 1) target")):
+        ax.set(xlabel="PC steps", ylabel=ylabel, xscale="log", ylim=(0, 1.02))
+        ax.set_xticks(all_steps, [str(s) for s in all_steps])
+        ax.minorticks_off()
     ax_precision.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -58,6 +65,11 @@ def plot(rows, path):
 def main(argv=None):
     config = dict(globals())
     override_globals(config, OVERRIDABLE, __doc__, argv, positive=["STEPS", "NUM_SAMPLES", "BATCH_SIZE"])
+    out = Path(config["OUT_DIR"])
+    if config["PLOT_ONLY"]:
+        plot(json.loads((out / "steps_quality.json").read_text()), out / "steps_quality.png")
+        print(f"wrote {out / 'steps_quality.png'}")
+        return
     rows = []
     for label, script, flags in COMPOSITIONS:
         for steps in config["STEPS"]:
@@ -76,7 +88,6 @@ def main(argv=None):
         lo, hi = r["support_precision_ci"]
         print(f"{r['composition']:<22} {r['steps']:>5} {r['num_samples']:>5} "
               f"{r['support_precision']:>8.1%} ({lo:.1%}–{hi:.1%}) {r['tv_distance']:>6.3f} {r['unrecognisable']:>14.1%}")
-    out = Path(config["OUT_DIR"])
     (out / "steps_quality.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, out / "steps_quality.png")
     print(f"wrote {out / 'steps_quality.json'} and {out / 'steps_quality.png'}")
