@@ -8,19 +8,22 @@ given channels, batch, steps and device, this measures in one run:
     (recorded in a first run): the floor;
   - composed: PC sampling of the composition, eager float32; ratio = composed / bare;
   - fast paths, each as a speed-up over bare (> 1 is faster) with the largest
-    score difference to eager float32: channels_last memory format; the score
+    score difference to eager float32 (bare runs on eager copies of the networks): channels_last memory format; the score
     networks compiled in place (torch.compile, float32; what --compile does);
     bfloat16 autocast; compiled + bfloat16; every network compiled, classifiers
     included ("compiled_all", float32);
   - base models batched: the base models' forwards as one torch.func.vmap call
     over their stacked weights, against the separate calls (bare, base models only);
   - inference_mode: the base models' forwards under inference_mode against no_grad.
-Networks are randomly initialised (cost does not depend on the weights) with the
-CPU-scale widths by default. Table on stdout, JSON in OUT.
+Every comparison alternates its two sides REPEATS times and keeps the fastest of
+each, so a drift in the machine's speed hits both. Networks are randomly
+initialised (cost does not depend on the weights) with the CPU-scale widths by
+default. Table on stdout, JSON in OUT.
 
     python benchmarks/sampling_benchmark.py                  # CPU scale, batch 64, 20 steps
     python benchmarks/sampling_benchmark.py --channels 64 128 256 256 --batch-size 128
 """
+import copy
 import json
 import sys
 import time
@@ -48,7 +51,7 @@ BATCH_SIZE = 64
 NUM_STEPS = 20
 CASES = ["single", "binary", "three_way"]
 FAST_PATHS = ["channels_last", "bfloat16", "compiled", "compiled_bfloat16", "compiled_all"]
-REPEATS = 3  # each time is the fastest of this many runs
+REPEATS = 5  # each time is the fastest of this many runs, alternated with the bare floor
 THREADS = 0  # 0 = torch's default
 SEED = 0
 DEVICE = "auto"
@@ -127,9 +130,21 @@ class RecordingScore(torch.nn.Module):
         return self.score_model(x, t)
 
 
+def alternating(first, second, device, repeats):
+    """Fastest times of two functions run in turn, `repeats` times each: a drift in the machine's speed
+    (other jobs, clocks) then hits both, and their ratio stays fair."""
+    first_times, second_times = [], []
+    for _ in range(repeats):
+        first_times.append(timed(first, device, 1))
+        second_times.append(timed(second, device, 1))
+    return min(first_times), min(second_times)
+
+
 def benchmark_case(case, config, sde, device):
     score_model, models, classifiers = build_case(case, config, sde, device)
     networks = [*models, *(classifier for classifier, _ in classifiers)]
+    # The floor runs on eager float32 copies, untouched when the fast paths compile the originals in place.
+    bare_models, bare_classifiers = copy.deepcopy(models), copy.deepcopy(classifiers)
     batch, steps, repeats = config["BATCH_SIZE"], config["NUM_STEPS"], config["REPEATS"]
     x = torch.randn(batch, 3, 28, 28, device=device) * 5  # where score deviations are measured
     t = torch.full((batch,), 0.5, device=device)
@@ -143,42 +158,41 @@ def benchmark_case(case, config, sde, device):
 
     def bare():
         for x_call, t_call in recorder.calls:
-            bare_score_evaluations(models, classifiers, x_call, t_call)
+            bare_score_evaluations(bare_models, bare_classifiers, x_call, t_call)
 
-    def base_forwards(grad_mode):
+    def base_forwards(grad_mode, evaluate=None):
         def run():
             for x_call, t_call in recorder.calls:
                 with grad_mode():
-                    for model in models:
-                        model(x_call, t_call)
+                    if evaluate is not None:
+                        evaluate(x_call, t_call)
+                    else:
+                        for model in bare_models:
+                            model(x_call, t_call)
         return run
 
     sample = sampler(score_model)
     sample(), bare()  # warm-up (allocator, oneDNN primitive caches)
     result = {"case": case, "networks_per_score_call": len(networks)}
-    result["bare_s"] = timed(bare, device, repeats)
-    result["composed_s"] = timed(sample, device, repeats)
+    result["composed_s"], result["bare_s"] = alternating(sample, bare, device, repeats)
     evaluations = 2 * steps * batch * len(networks)
     result["overhead_ratio"] = result["composed_s"] / result["bare_s"]
     result["images_per_s"] = batch / result["composed_s"]
     result["network_evals_per_s"] = evaluations / result["composed_s"]
-    result["base_no_grad_s"] = timed(base_forwards(torch.no_grad), device, repeats)
-    result["base_inference_mode_s"] = timed(base_forwards(torch.inference_mode), device, repeats)
+    result["base_inference_mode_s"], result["base_no_grad_s"] = alternating(
+        base_forwards(torch.inference_mode), base_forwards(torch.no_grad), device, repeats)
     if len(models) > 1:
-        batched = batched_base_models(models)
-
-        def vmapped():
-            with torch.no_grad():
-                for x_call, t_call in recorder.calls:
-                    batched(x_call, t_call)
+        vmapped = base_forwards(torch.no_grad, batched_base_models(bare_models))
         vmapped()
-        result["base_vmap_s"] = timed(vmapped, device, repeats)
+        result["base_vmap_s"], result["base_separate_s"] = alternating(vmapped, base_forwards(torch.no_grad),
+                                                                      device, repeats)
     eager_score = score_model(x, t).detach()
     result["score_scale"] = float(eager_score.abs().max())
     paths, fast = config["FAST_PATHS"], {}
 
     def measure(path, model):
-        fast[path] = measure_fast_path(model, sampler, x, t, eager_score, device, repeats)
+        fast[path] = measure_fast_path(model, sampler, bare, x, t, eager_score, device, repeats)
+        fast[path]["images_per_s"] = batch / fast[path]["s"]
 
     if "channels_last" in paths:
         for network in networks:
@@ -197,21 +211,20 @@ def benchmark_case(case, config, sde, device):
         measure("compiled_bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
     if "compiled_all" in paths and classifiers:
         measure("compiled_all", fast_score_model(score_model, [c for c, _ in classifiers], compile_networks=True))
-    for path, measured in fast.items():
-        measured["speedup_vs_bare"] = result["bare_s"] / measured["s"]
-        measured["images_per_s"] = batch / measured["s"]
     result["fast_paths"] = fast
     return result
 
 
-def measure_fast_path(model, sampler, x, t, eager_score, device, repeats):
-    """Sampling time of `model` (after a warm-up run that compiles where needed) and its score's deviation."""
+def measure_fast_path(model, sampler, bare, x, t, eager_score, device, repeats):
+    """Sampling time of `model` (after a warm-up run that compiles where needed), alternated with the bare
+    floor; its speed-up over that floor and its score's deviation from eager float32."""
     start = time.perf_counter()
     sampler(model)()
     warm_up = time.perf_counter() - start
-    seconds = timed(sampler(model), device, repeats)
+    seconds, bare_seconds = alternating(sampler(model), bare, device, repeats)
     deviation = float((model(x, t).detach().float() - eager_score).abs().max())
-    return {"s": seconds, "warm_up_s": warm_up, "max_abs_score_diff": deviation}
+    return {"s": seconds, "bare_s": bare_seconds, "speedup_vs_bare": bare_seconds / seconds, "warm_up_s": warm_up,
+            "max_abs_score_diff": deviation}
 
 
 def print_table(results, header):
@@ -219,7 +232,7 @@ def print_table(results, header):
     print(f"{'case':<10} {'nets':>4} {'bare s':>7} {'composed s':>10} {'ratio':>6} {'img/s':>6} {'evals/s':>7}"
           f" {'vmap/sep':>8} {'inf/nograd':>10}")
     for r in results:
-        vmap = f"{r['base_vmap_s'] / r['base_no_grad_s']:>8.2f}" if "base_vmap_s" in r else f"{'–':>8}"
+        vmap = f"{r['base_vmap_s'] / r['base_separate_s']:>8.2f}" if "base_vmap_s" in r else f"{'–':>8}"
         print(f"{r['case']:<10} {r['networks_per_score_call']:>4} {r['bare_s']:>7.2f} {r['composed_s']:>10.2f}"
               f" {r['overhead_ratio']:>6.3f} {r['images_per_s']:>6.1f} {r['network_evals_per_s']:>7.0f} {vmap}"
               f" {r['base_inference_mode_s'] / r['base_no_grad_s']:>10.2f}")
