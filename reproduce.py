@@ -173,7 +173,9 @@ def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
     path.parent.mkdir(exist_ok=True)
     path.write_text(f"Produced by `python reproduce.py --scale {scale}`.\n\n" + "\n".join(rows)
                     + "\n\nStage wall times (this machine):\n\n" + "\n".join(times) + "\n")
-    update_readme(Path("README.md"), f"results:{scale}", "\n".join(rows))
+    # README lives at the root: its grid links start at out_dir, not at results/.
+    links = f"]({Path(os.path.relpath(out_dir, 'results'))}/", f"]({Path(os.path.relpath(out_dir))}/"
+    update_readme(Path("README.md"), f"results:{scale}", "\n".join(rows).replace(*links))
     update_readme(Path("README.md"), f"times:{scale}", "\n".join(times))
     return path
 

@@ -71,6 +71,7 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
     text = reproduce.write_summary(out_dir, "cpu", {"base M1": 100.4, "export M1": 0.0}).read_text()
     readme = (tmp_path / "README.md").read_text()
     assert "old table" not in readme and readme.startswith("intro\n<!-- results:cpu -->\n| composition |")
+    assert f"[png](results/cpu/{stem}.png)" in readme
     assert readme.endswith("|\n<!-- /results:cpu -->\nrest\n") and readme.count("(bfloat16)") == 1
     assert "| 20 (bfloat16) | 512 |" in text and text.count("(bfloat16)") == 1
     assert f"| 512 | 97.0% (95.0%–98.0%) | 0.050 (0.030–0.070) | 0.010 | 2.0% | [png](cpu/{stem}.png) |" in text
