@@ -48,8 +48,8 @@ def calibration(classifier, models, images_per_cell, time, root=DATA_ROOT) -> li
     for cell, posterior in model_posteriors(models, root).items():
         digit, colour = cell
         x = colour_images(images[labels == digit][:images_per_cell], colour, channels).float() / 255.0
-        joint = classifier(x, torch.full((len(x),), float(time))).exp()  # [n, m, m]
-        marginal = marginal_log_probs(joint.log()).exp()
+        log_joint = classifier(x, torch.full((len(x),), float(time)))  # [n, m, m]
+        joint, marginal = log_joint.exp(), marginal_log_probs(log_joint).exp()
         exact = torch.tensor(posterior)
         exact_joint = exact[:, None] * exact[None, :]
         off_diagonal = joint.sum(dim=(1, 2)) - torch.diagonal(joint, dim1=1, dim2=2).sum(dim=1)

@@ -25,7 +25,7 @@ import torch
 
 from cli import UserError, override_globals, run_main
 from models.fast_paths import PRECISIONS
-from utils import atomic_save, ensure_writable_dir, half_state_dict
+from utils import atomic_save, composition_stem, ensure_writable_dir, half_state_dict
 
 SCALE = "cpu"
 RUN_DIR = None  # None: runs/<SCALE>
@@ -121,11 +121,6 @@ class Pipeline:
 def export_checkpoint(source: Path, target: Path, half: bool):
     state = torch.load(source, map_location="cpu", weights_only=True)
     atomic_save(half_state_dict(state) if half else state, target)
-
-
-def composition_stem(models, observations, scales):
-    labels = [f"y{k}-{y}" for k, y in enumerate(observations, start=1)]
-    return "_".join(["composition", *models, *labels, *(f"g{s:g}" for s in scales)])
 
 
 def sample_command(script, models, observations, scales, export_dir, out_dir, num_samples, flags):

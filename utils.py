@@ -173,6 +173,12 @@ def load_classifier(path, classifier_class, device, made_by):
     return freeze(model.to(device))
 
 
+def composition_stem(models, observations, scales) -> str:
+    """File stem of a composition's samples, e.g. composition_M1_M2_y1-1_y2-1_g20."""
+    labels = [f"y{k}-{y}" for k, y in enumerate(observations, start=1)]
+    return "_".join(["composition", *models, *labels, *(f"g{s:g}" for s in scales)])
+
+
 def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations, guidance_scales) -> Path:
     """The composition sampling scripts' shared body: load, compose, sample, save.
 
@@ -209,8 +215,7 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     composition = fast_score_model(composition, score_models, config["COMPILE"], config["PRECISION"])
     samples = sample_in_batches(composition, sde, config["NUM_SAMPLES"], config["BATCH_SIZE"], config["NUM_STEPS"],
                                 config["SNR"], device, config["SEED"])
-    stem = "_".join(["composition", *gen_idxs, *(f"y{k}-{y}" for k, y in enumerate(observations, start=1)),
-                     *(f"g{scale:g}" for scale in guidance_scales)])
+    stem = composition_stem(gen_idxs, observations, guidance_scales)
     meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
             "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
             "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluate_composition  # noqa: E402
 import reproduce  # noqa: E402
 from cli import UserError, override_globals, run_main  # noqa: E402
+from utils import composition_stem  # noqa: E402
 
 SCALE = "cpu"
 ROWS = [1, 8]  # reproduce.SHOWCASE indices
@@ -38,7 +39,7 @@ def inside(value, interval):
 
 def compare_row(index, config):
     script, models, observations, scales = reproduce.SHOWCASE[index]
-    stem = reproduce.composition_stem(models, observations, scales)
+    stem = composition_stem(models, observations, scales)
     reference_dir = Path("results") / config["SCALE"]
     reference_path = reference_dir / f"{stem}_eval.json"
     if not reference_path.exists():

@@ -160,15 +160,15 @@ def benchmark_case(case, config, sde, device):
         for x_call, t_call in recorder.calls:
             bare_score_evaluations(bare_models, bare_classifiers, x_call, t_call)
 
-    def base_forwards(grad_mode, evaluate=None):
+    def separate_calls(x_call, t_call):
+        for model in bare_models:
+            model(x_call, t_call)
+
+    def base_forwards(grad_mode, evaluate=separate_calls):
         def run():
             for x_call, t_call in recorder.calls:
                 with grad_mode():
-                    if evaluate is not None:
-                        evaluate(x_call, t_call)
-                    else:
-                        for model in bare_models:
-                            model(x_call, t_call)
+                    evaluate(x_call, t_call)
         return run
 
     sample = sampler(score_model)
