@@ -30,6 +30,8 @@ from custom_datasets import BASE_DATASETS
 from losses import (JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, conditional_classifier_loss, conditional_keep_prob,
                     joint_non_terminal_loss, joint_soft_targets, joint_terminal_loss, select_steps)
 from models.classifier_model import marginal_log_probs
+from models.fast_paths import PRECISIONS, compile_in_place, fast_score_model
+from models.score_model import ScoreNet
 from samplers import pc_trajectory_sampler
 from sde import VESDE
 from utils import atomic_save, ensure_writable_dir, freeze, get_device, load_score_model, seed_everything
@@ -50,7 +52,7 @@ def parse_config(namespace, names, description, argv=None, choices=None):
     """The script's globals overridden from argv, checked; returns {name: value} for `names`."""
     config = dict(namespace)
     override_globals(config, names, description, argv, positive=[n for n in POSITIVE if n in names],
-                     choices=choices)
+                     choices={"PRECISION": list(PRECISIONS), **(choices or {})})
     config = {name: config[name] for name in names}
     if config["TRAJECTORY_STEPS"] < 2:
         raise UserError(f"--trajectory-steps must be at least 2, got {config['TRAJECTORY_STEPS']}")
@@ -253,8 +255,8 @@ def evaluate(predict, test, targets):
     num_sources = int(test.sources.max()) + 1
     source_one_hot = F.one_hot(test.sources, num_sources).float()  # [n, G], for per-source means
     losses, accuracies, terminal_probs = [], [], None
-    for step, time in enumerate(test.times):
-        log_probs = torch.cat([predict(test.states[step, chunk], _times_like(time, len(chunk), device), chunk)
+    for step, grid_time in enumerate(test.times):
+        log_probs = torch.cat([predict(test.states[step, chunk], _times_like(grid_time, len(chunk), device), chunk)
                                for chunk in torch.arange(len(test.sources), device=device).split(EVAL_CHUNK)])
         losses.append(-(targets * log_probs).sum(dim=1).mean())
         correct = (log_probs.argmax(dim=1) == targets.argmax(dim=1)).float()
@@ -366,8 +368,13 @@ def fit(config, classifier, training_loss, run_test, counters=None):
 
 
 def trajectory_sampler(sources, config, sde, device):
-    """sample(count, keep): `count` trajectories of each source score model, from one seeded generator."""
+    """sample(count, keep): `count` trajectories of each source score model, from one seeded generator, on
+    the sample scripts' fast path when COMPILE or PRECISION ask for it (the base score networks compiled;
+    autocast)."""
     generator = torch.Generator(device=device).manual_seed(config["SEED"])
+    if config["COMPILE"]:
+        compile_in_place(m for source in sources for m in source.modules() if isinstance(m, ScoreNet))
+    sources = [fast_score_model(source, [], precision=config["PRECISION"]) for source in sources]
 
     def sample(count, keep):
         return sample_trajectories(sources, count, config["TRAJECTORY_STEPS"], keep, sde, config["SNR"], device,

@@ -1,17 +1,20 @@
-"""Run the whole pipeline in order at a named scale, skipping what is already done.
+"""Run the whole pipeline at a named scale, skipping what is already done.
 
-    python reproduce.py --scale cpu     # 2-core CPU: narrower networks, trajectory pools, fewer sampler steps
+    python reproduce.py --scale cpu     # 2-core CPU: narrower networks, trajectory pools, fast sampling paths
     python reproduce.py --scale paper   # the reference settings (GPU)
 
-Stages: base models (M1, M2, MN1, MN2, MN3, subdigits 1 and 2) -> export under the
-reference names -> 2-model classifiers (M1/M2 and 1/2) -> 3-way joint -> 3-way
-conditional -> samples of the showcase compositions -> evaluation -> results table.
-Training runs write to RUN_DIR; the final checkpoints are exported to EXPORT_DIR
-under the reference file names (half precision at the cpu scale), and every later
-stage reads them from there, so the results describe exactly the exported files.
-A stage whose outputs exist is skipped; an interrupted base-model run resumes.
-Stage wall times go to <RUN_DIR>/timings.json; grids and evaluations to results/<scale>/,
-summarised in results/<scale>.md.
+Stages: base models (MN1, MN2, MN3, M1, M2, subdigits 1 and 2) -> export under the
+reference names -> 3-way joint -> 3-way conditional, and the 2-model classifiers
+(M1/M2 and 1/2) -> samples of the showcase compositions -> evaluation -> results table.
+Each stage starts as soon as the stages it reads from have finished; JOBS of them
+run side by side (the cpu scale: 2, each on one thread; progress lines every minute
+show each running stage's latest progress bar, whose full output is in
+<RUN_DIR>/logs/). Training runs write to RUN_DIR; the final checkpoints are exported
+to EXPORT_DIR under the reference file names (half precision at the cpu scale), and
+every later stage reads them from there, so the results describe exactly the
+exported files. A stage whose outputs exist is skipped; an interrupted base-model
+run resumes; a stage whose inputs were just remade runs again. Stage wall times and the whole run's go to <RUN_DIR>/timings.json;
+grids and evaluations to OUT_DIR (results/<scale>/), summarised in <OUT_DIR>.md.
 """
 import json
 import os
@@ -19,7 +22,9 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -32,11 +37,14 @@ RUN_DIR = None  # None: runs/<SCALE>
 EXPORT_DIR = None  # None: checkpoints (cpu) or checkpoints/paper (paper)
 OUT_DIR = None  # None: results/<SCALE> (grids and evaluations are committed; the .pt samples are not)
 NUM_SAMPLES = 512
+NUM_STEPS = 0  # PC steps of the showcase samples; 0: the scale's (cpu 250, paper 500)
 DRY_RUN = False
 SUMMARY_ONLY = False  # only rewrite results/<SCALE>.md from the evaluations that exist
-PRECISION = "float32"  # of the showcase samples; "bfloat16" (autocast) is faster on CPU, see README before using it
+PRECISION = None  # of the showcase samples; None: the scale's (float32, or bfloat16 at the cpu scale: README)
+JOBS = 0  # stages run in parallel, each with cpu_count // JOBS threads; 0: the scale's
 ONLY = None  # a regular expression: run only the stages whose name it matches (e.g. "sample" or "_g1$")
 
+WALL_TIME_KEY = "whole run (wall time of the last reproduce.py call)"
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
 SCALES = {
@@ -55,14 +63,16 @@ SCALES = {
                               "--batch-size", "16", "--classifier-channels", "32", "32", "--test-samples", "32",
                               "--test-every", "25", "--ckpt-every", "25"],
         "classifier_steps": {"3way_classifier": 300, "3way_conditional_classifier": 100},
-        # Fewer steps are not an option: M1/M2 (1,1) at λ = 20 scored 3% support precision at 100 steps,
-        # 94% at 250 and 98% at 500 (README).
-        "sample_flags": ["--num-steps", "500", "--batch-size", "128", "--compile"],
+        # 250 PC steps (the reference: 500) and bfloat16: what fits the 90-minute budget; README gives the
+        # measured effect of both on the showcase metrics. Below 250 steps the samples are noise (README).
+        "sample_flags": ["--num-steps", "250", "--batch-size", "128", "--compile"], "precision": "bfloat16",
+        "jobs": 2,  # two one-thread stages at a time on a 2-core machine
     },
     "paper": {
         "base_flags": [], "base_final_epoch": REFERENCE_EPOCH, "half_precision": False,
         "classifier_flags": [], "three_way_flags": [], "conditional_flags": [], "classifier_steps": {},
         "sample_flags": ["--num-steps", "500", "--batch-size", "128"],
+        "precision": "float32", "jobs": 1,
     },
 }
 
@@ -82,40 +92,134 @@ SHOWCASE = [  # most important first: an interrupted run has these
     ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [3, 3, 3], [10.0, 75.0]),
 ]
 
-OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "DRY_RUN", "SUMMARY_ONLY", "PRECISION",
-               "ONLY"]
+OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "NUM_STEPS", "DRY_RUN", "SUMMARY_ONLY",
+               "PRECISION", "JOBS", "ONLY"]
+
+
+@dataclass
+class Stage:
+    name: str
+    outputs: list  # the stage is done when all of these exist
+    command: list = None  # argv after the interpreter, run as a subprocess
+    action: Callable = None  # or a quick function run in this process (exports)
+    after: tuple = ()  # names of the stages that must finish first
 
 
 class Pipeline:
-    """Runs stages as subprocesses of this Python, timing each and skipping finished ones."""
+    """Stages declared in priority order run as soon as the stages they need have finished, up to `jobs`
+    subprocesses at a time, each with cpu_count // jobs threads (on a small CPU two one-thread jobs get more
+    done than one two-thread job). Each stage is timed; stages whose outputs exist are skipped."""
 
-    def __init__(self, run_dir: Path, dry_run: bool, only: str = None):
-        self.run_dir, self.dry_run, self.only = run_dir, dry_run, only
+    STATUS_EVERY = 60  # seconds between progress lines while stages run in parallel
+
+    def __init__(self, run_dir: Path, dry_run: bool, only: str = None, jobs: int = 1):
+        self.run_dir, self.dry_run, self.only, self.jobs = run_dir, dry_run, only, jobs
         self.timings_path = run_dir / "timings.json"
-        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        self.timings = self._read_timings()
+        self.stages = []
 
-    def stage(self, name, outputs, command=None, action=None):
-        """Run `command` (argv after the interpreter) or `action()` unless every path in `outputs` exists."""
-        if self.only is not None and not re.search(self.only, name):
-            return
-        if all(Path(p).exists() for p in outputs):
-            print(f"[skip] {name}: done ({outputs[0]})", flush=True)
-            return
-        print(f"[run ] {name}" + (f": {' '.join(command)}" if command else ""), flush=True)
-        if self.dry_run:
-            return
-        start = time.time()
-        if command:
-            result = subprocess.run([sys.executable, *command])
-            if result.returncode != 0:
-                raise UserError(f"stage '{name}' failed (exit {result.returncode}); fix it and rerun: finished stages are kept")
-        else:
-            action()
+    def _read_timings(self):
+        return json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+
+    def _record(self, name, seconds):
         # Re-read first: another run of this script (e.g. with another --only) may have added stages meanwhile.
-        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
-        self.timings[name] = round(time.time() - start, 1)
+        self.timings = self._read_timings()
+        self.timings[name] = round(seconds, 1)
         self.timings_path.write_text(json.dumps(self.timings, indent=2) + "\n")
-        print(f"[done] {name} in {self.timings[name]:.0f} s", flush=True)
+
+    def stage(self, name, outputs, command=None, action=None, after=()):
+        """Declare a stage; returns its name, for the `after` of later stages."""
+        self.stages.append(Stage(name, [Path(p) for p in outputs], command, action, tuple(after)))
+        return name
+
+    def run(self):
+        """A stage is skipped when its outputs exist and none of the stages it reads from ran in this call
+        (outputs made from older inputs are redone)."""
+        selected = [s for s in self.stages if self.only is None or re.search(self.only, s.name)]
+        done = {s.name for s in self.stages if s not in selected}  # outside --only: taken as done
+        ran = set()  # the stages that ran (or would run, in a dry run) in this call
+        if self.dry_run:
+            for s in selected:
+                if self._up_to_date(s, ran):
+                    print(f"[skip] {s.name}: done ({s.outputs[0]})", flush=True)
+                else:
+                    ran.add(s.name)
+                    print(f"[run ] {s.name}" + (f": {' '.join(s.command)}" if s.command else ""), flush=True)
+            return
+        waiting, started, running, failed, last_status = selected, time.time(), {}, [], time.time()
+        while waiting or running:
+            # Skips and quick actions first, until none is left: they can make a higher-priority stage
+            # ready, which must get the next free lane before the lower-priority ones already ready.
+            ready = [s for s in waiting if not failed and all(d in done for d in s.after)]
+            quick = next((s for s in ready if s.action is not None or self._up_to_date(s, ran)), None)
+            if quick is not None:
+                waiting.remove(quick)
+                if self._up_to_date(quick, ran):
+                    done.add(quick.name)
+                    print(f"[skip] {quick.name}: done ({quick.outputs[0]})", flush=True)
+                else:
+                    print(f"[run ] {quick.name}", flush=True)
+                    begin = time.time()
+                    quick.action()
+                    self._finish(quick, begin, done, ran)
+                continue
+            for s in ready[:max(0, self.jobs - len(running))]:
+                waiting.remove(s)
+                running[s.name] = (s, *self._launch(s))
+            for name, (s, process, begin, log) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[name]
+                if process.returncode != 0:
+                    failed.append(f"'{name}' (exit {process.returncode}{f', log {log}' if log else ''})")
+                    print(f"[fail] {name}", flush=True)
+                else:
+                    self._finish(s, begin, done, ran)
+            if running and time.time() - last_status >= self.STATUS_EVERY and self.jobs > 1:
+                last_status = time.time()
+                print(f"[....] {time.time() - started:.0f} s: " + "; ".join(
+                    f"{name}: {last_progress(log)}" for name, (_, _, _, log) in running.items()), flush=True)
+            if failed and not running:
+                raise UserError(f"stage {', '.join(failed)} failed; fix it and rerun: finished stages are kept")
+            if waiting and not running and not any(all(d in done for d in s.after) for s in waiting):
+                raise UserError(f"stage '{waiting[0].name}' waits for stages that will not run; check --only")
+            time.sleep(0.5 if running else 0)
+        if ran:
+            self._record(WALL_TIME_KEY, time.time() - started)
+            print(f"[done] {len(ran)} stages in {self.timings[WALL_TIME_KEY]:.0f} s of wall time", flush=True)
+
+    @staticmethod
+    def _up_to_date(s, ran):
+        return all(p.exists() for p in s.outputs) and not any(d in ran for d in s.after)
+
+    def _launch(self, s):
+        """Start a stage's subprocess; with parallel jobs its output goes to a log file (progress lines show it)."""
+        print(f"[run ] {s.name}: {' '.join(s.command)}", flush=True)
+        if self.jobs == 1:
+            return subprocess.Popen([sys.executable, *s.command]), time.time(), None
+        threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        log = self.run_dir / "logs" / (re.sub(r"[^\w.-]+", "_", s.name) + ".log")
+        log.parent.mkdir(exist_ok=True)
+        with open(log, "w") as out:
+            process = subprocess.Popen([sys.executable, *s.command], stdout=out, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "OMP_NUM_THREADS": threads})
+        return process, time.time(), log
+
+    def _finish(self, s, begin, done, ran):
+        self._record(s.name, time.time() - begin)
+        done.add(s.name)
+        ran.add(s.name)
+        print(f"[done] {s.name} in {self.timings[s.name]:.0f} s", flush=True)
+
+
+def last_progress(log: Path) -> str:
+    """The latest progress line a stage wrote to its log: its outermost tqdm bar where it has nested ones
+    (a nested bar's lines carry the cursor-up escape)."""
+    with open(log, "rb") as f:
+        f.seek(max(0, log.stat().st_size - 4000))
+        lines = [line.strip() for line in re.split(r"[\r\n]", f.read().decode(errors="replace")) if line.strip()]
+    outer = [line for line in lines if "\x1b[A" not in line]
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", (outer or lines or ["starting"])[-1])
 
 
 def export_checkpoint(source: Path, target: Path, half: bool):
@@ -140,38 +244,39 @@ def sample_command(script, models, observations, scales, export_dir, out_dir, nu
 
 
 def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
-    """results/<scale>.md: one evaluation row per showcase composition (pending ones marked), then stage times."""
-    rows = ["| composition | λ | n | support precision (95% CI) | TV to exact target (95% CI) | TV of n exact draws | "
-            "unrecognisable | grid |", "|---|---|---|---|---|---|---|---|"]
+    """<out_dir>.md beside out_dir (results/<scale>.md by default): one evaluation row per showcase composition
+    (pending ones marked), then stage times; also README's tables between the markers named after out_dir
+    (<!-- results:cpu --> ... <!-- /results:cpu --> for results/cpu), where README has them."""
+    rows = ["| composition | λ | steps | n | support precision (95% CI) | TV to exact target (95% CI) | "
+            "TV of n exact draws | unrecognisable | grid |", "|---|---|---|---|---|---|---|---|---|"]
     for _, models, observations, scales in SHOWCASE:
         stem = composition_stem(models, observations, scales)
         name = f"{'/'.join(models)} y={tuple(observations)} | {', '.join(f'{s:g}' for s in scales)}"
         report_path = out_dir / f"{stem}_eval.json"
         if not report_path.exists():
-            rows.append(f"| {name} | – | pending | | | | |")
+            rows.append(f"| {name} | – | – | pending | | | | |")
             continue
         report = json.loads(report_path.read_text())
         settings_path = out_dir / f"{stem}.json"
-        precision = json.loads(settings_path.read_text()).get("precision", "float32") if settings_path.exists() \
-            else "float32"
-        if precision != "float32":
-            name += f" ({precision})"
+        settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
+        if settings.get("precision", "float32") != "float32":
+            name += f" ({settings['precision']})"
+        name += f" | {settings.get('num_steps', '?')}"
         lo, hi = report["support_precision_ci"]
         tv_lo, tv_hi = report["tv_distance_ci"]
         rows.append(f"| {name} | {report['num_samples']} | {report['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
                     f"{report['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | "
                     f"{report['tv_of_exact_samples']['mean']:.3f} | {report['unrecognisable_share']:.1%} | "
-                    f"[png]({Path(os.path.relpath(out_dir, 'results')) / stem}.png) |")
+                    f"[png]({out_dir.name}/{stem}.png) |")
     times = ["| stage | wall time (s) |", "|---|---|"] + [f"| {name} | {seconds:.0f} |"
                                                        for name, seconds in timings.items() if seconds >= 1]
-    path = Path("results") / f"{scale}.md"
-    path.parent.mkdir(exist_ok=True)
+    path = out_dir.parent / f"{out_dir.name}.md"
     path.write_text(f"Produced by `python reproduce.py --scale {scale}`.\n\n" + "\n".join(rows)
                     + "\n\nStage wall times (this machine):\n\n" + "\n".join(times) + "\n")
-    # README lives at the root: its grid links start at out_dir, not at results/.
-    links = f"]({Path(os.path.relpath(out_dir, 'results'))}/", f"]({Path(os.path.relpath(out_dir))}/"
-    update_readme(Path("README.md"), f"results:{scale}", "\n".join(rows).replace(*links))
-    update_readme(Path("README.md"), f"times:{scale}", "\n".join(times))
+    # README lives at the root: its grid links start there.
+    links = f"]({out_dir.name}/", f"]({Path(os.path.relpath(out_dir))}/"
+    update_readme(Path("README.md"), f"results:{out_dir.name}", "\n".join(rows).replace(*links))
+    update_readme(Path("README.md"), f"times:{out_dir.name}", "\n".join(times))
     return path
 
 
@@ -190,12 +295,18 @@ def update_readme(readme: Path, marker: str, text: str) -> None:
 def main(argv=None):
     config = dict(globals())
     override_globals(config, OVERRIDABLE, __doc__, argv, positive=["NUM_SAMPLES"],
-                     choices={"SCALE": list(SCALES), "PRECISION": list(PRECISIONS)})
+                     choices={"SCALE": list(SCALES), "PRECISION": list(PRECISIONS) + [None]})
+    for name in ["JOBS", "NUM_STEPS"]:
+        if config[name] < 0:
+            raise UserError(f"--{name.lower().replace('_', '-')} must be >= 0 (0: the scale's default), "
+                            f"got {config[name]}")
     scale, settings = config["SCALE"], SCALES[config["SCALE"]]
     run_dir = ensure_writable_dir(config["RUN_DIR"] or f"runs/{scale}")
     export_dir = ensure_writable_dir(config["EXPORT_DIR"] or ("checkpoints" if scale == "cpu" else "checkpoints/paper"))
     out_dir = ensure_writable_dir(config["OUT_DIR"] or f"results/{scale}")
-    pipeline = Pipeline(run_dir, config["DRY_RUN"], config["ONLY"])
+    jobs = config["JOBS"] or settings["jobs"]
+    precision = config["PRECISION"] or settings["precision"]
+    pipeline = Pipeline(run_dir, config["DRY_RUN"], config["ONLY"], jobs)
     if config["SUMMARY_ONLY"]:
         print(write_summary(out_dir, scale, pipeline.timings).read_text())
         return
@@ -204,49 +315,58 @@ def main(argv=None):
         final = run_dir / f"gen_{g}_ckpt_{settings['base_final_epoch']}.pth"
         exported = export_dir / f"gen_{g}_ckpt_{REFERENCE_EPOCH}.pth"
         resume = ["--resume"] if (run_dir / f"gen_{g}_train_state.pth").exists() else ["--overwrite"]
-        pipeline.stage(f"base {g}", [final], ["train_diffusion.py", "--gen-idx", g, "--ckpt-dir", str(run_dir),
-                                              *settings["base_flags"], *resume])
-        pipeline.stage(f"export {g}", [exported],
-                       action=lambda: export_checkpoint(final, exported, settings["half_precision"]))
+        trained = pipeline.stage(f"base {g}", [final], ["train_diffusion.py", "--gen-idx", g, "--ckpt-dir",
+                                                        str(run_dir), *settings["base_flags"], *resume])
+        return pipeline.stage(f"export {g}", [exported], after=[trained],
+                              action=lambda: export_checkpoint(final, exported, settings["half_precision"]))
 
-    def train_classifier(name, classifier_name, reference_steps, command):
+    def train_classifier(name, classifier_name, reference_steps, command, after):
         """Train for the scale's number of steps; export under the reference step's file name."""
         steps = settings["classifier_steps"].get(classifier_name, reference_steps)
         trained = run_dir / f"{classifier_name}_ckpt_{steps}.pth"
         exported = export_dir / f"{classifier_name}_ckpt_{reference_steps}.pth"
         pipeline.stage(name, [trained], [*command, "--steps", str(steps), "--gen-ckpt-dir", str(export_dir),
-                                         "--ckpt-dir", str(run_dir), "--overwrite"])
-        pipeline.stage(f"export {name}", [exported],
-                       action=lambda: export_checkpoint(trained, exported, settings["half_precision"]))
+                                         "--ckpt-dir", str(run_dir), "--overwrite"], after=after)
+        return pipeline.stage(f"export {name}", [exported], after=[name],
+                              action=lambda: export_checkpoint(trained, exported, settings["half_precision"]))
 
-    # In dependency order: each group's base models, then the classifiers that need them.
-    for g in ["M1", "M2"]:
-        train_base_model(g)
-    train_classifier("classifier M1/M2", "classifier", 200, ["train_classifier.py", *settings["classifier_flags"]])
-    for g in ["MN1", "MN2", "MN3"]:
-        train_base_model(g)
-    train_classifier("3-way classifier", "3way_classifier", 700,
-                     ["train_3way_classifier.py", *settings["three_way_flags"]])
-    train_classifier("3-way conditional classifier", "3way_conditional_classifier", 200,
-                     ["train_3way_conditional_classifier.py", *settings["conditional_flags"],
-                      "--joint-classifier-path", str(export_dir / "3way_classifier_ckpt_700.pth")])
-    for g in ["1", "2"]:
-        train_base_model(g)
-    train_classifier("classifier 1/2", "subdigits_classifier", 200,
-                     ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2",
-                      "--classifier-name", "subdigits_classifier", *settings["classifier_flags"]])
+    # Declared in priority order, the longest chain (MN base models -> 3-way joint -> conditional) first;
+    # each stage starts once the stages it reads from have finished.
+    exports = {g: train_base_model(g) for g in ["MN1", "MN2", "MN3"]}
+    three_way = train_classifier("3-way classifier", "3way_classifier", 700,
+                                 ["train_3way_classifier.py", *settings["three_way_flags"]],
+                                 after=[exports[g] for g in ["MN1", "MN2", "MN3"]])
+    conditional = train_classifier("3-way conditional classifier", "3way_conditional_classifier", 200,
+                                   ["train_3way_conditional_classifier.py", *settings["conditional_flags"],
+                                    "--joint-classifier-path", str(export_dir / "3way_classifier_ckpt_700.pth")],
+                                   after=[three_way, *(exports[g] for g in ["MN1", "MN2", "MN3"])])
+    exports.update({g: train_base_model(g) for g in ["M1", "M2"]})
+    binary = train_classifier("classifier M1/M2", "classifier", 200,
+                              ["train_classifier.py", *settings["classifier_flags"]], after=[exports["M1"], exports["M2"]])
+    exports.update({g: train_base_model(g) for g in ["1", "2"]})
+    subdigits = train_classifier("classifier 1/2", "subdigits_classifier", 200,
+                                 ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2",
+                                  "--classifier-name", "subdigits_classifier", *settings["classifier_flags"]],
+                                 after=[exports["1"], exports["2"]])
 
-    for script, models, observations, scales in SHOWCASE:
+    sample_flags = [*settings["sample_flags"], "--precision", precision]
+    if config["NUM_STEPS"]:
+        sample_flags += ["--num-steps", str(config["NUM_STEPS"])]  # the last --num-steps wins
+    # The 3-way rows, the longest, first: in a parallel run the last stages then end close together.
+    for script, models, observations, scales in sorted(SHOWCASE, key=lambda row: len(row[1]) < 3):
         stem = composition_stem(models, observations, scales)
-        pipeline.stage(f"sample {stem}", [out_dir / f"{stem}.pt"],
-                       sample_command(script, models, observations, scales, export_dir, out_dir,
-                                      config["NUM_SAMPLES"],
-                                      [*settings["sample_flags"], "--precision", config["PRECISION"]]))
+        classifiers = [three_way, conditional] if len(models) == 3 else [subdigits if models == ["1", "2"] else binary]
+        sampled = pipeline.stage(f"sample {stem}", [out_dir / f"{stem}.pt"],
+                                 sample_command(script, models, observations, scales, export_dir, out_dir,
+                                                config["NUM_SAMPLES"], sample_flags),
+                                 after=[*(exports[g] for g in models), *classifiers])
         pipeline.stage(f"evaluate {stem}", [out_dir / f"{stem}_eval.json"],
-                       ["evaluate_composition.py", str(out_dir / f"{stem}.pt")])
+                       ["evaluate_composition.py", str(out_dir / f"{stem}.pt")], after=[sampled])
 
+    pipeline.run()
     if not config["DRY_RUN"]:
         print(write_summary(out_dir, scale, pipeline.timings).read_text())
+    return pipeline
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ POOL_SIZE = 128  # trajectories per model sampled at once (reference: = BATCH_SI
 POOL_REUSE = 1  # optimizer steps served by one pool before it is resampled (reference: 1)
 TRAJECTORY_STEPS = 500  # PC sampler steps N
 SNR = 0.16
+COMPILE = False  # sample trajectories with compiled score networks (float32; as the sample scripts' --compile)
+PRECISION = "float32"  # or "bfloat16": sample trajectories under autocast (as the sample scripts' --precision)
 LR = 1.0
 LR_DECAY = 1.0  # StepLR gamma per optimizer step; 1 = constant (reference)
 TARGET_UPDATE_EVERY = 5  # copy the bootstrap target before every this many steps
@@ -42,10 +44,10 @@ DEVICE = "auto"
 OVERWRITE = False
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "STEPS", "WARMUP_STEPS",
-               "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "LR", "LR_DECAY",
-               "TARGET_UPDATE_EVERY", "TERMINAL_LOSS_SCALE", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM",
-               "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED",
-               "DEVICE", "OVERWRITE"]
+               "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "COMPILE", "PRECISION", "LR",
+               "LR_DECAY", "TARGET_UPDATE_EVERY", "TERMINAL_LOSS_SCALE", "CLASSIFIER_CHANNELS", "EMBED_DIM",
+               "T_EMBED_DIM", "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR",
+               "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE"]
 
 
 def main(argv=None):

@@ -35,6 +35,8 @@ POOL_SIZE = 128  # trajectories per label pair sampled at once (reference: = BAT
 POOL_REUSE = 1  # optimizer steps served by one pool before it is resampled (reference: 1)
 TRAJECTORY_STEPS = 500  # PC sampler steps N
 SNR = 0.16
+COMPILE = False  # sample trajectories with compiled score networks (float32; as the sample scripts' --compile)
+PRECISION = "float32"  # or "bfloat16": sample trajectories under autocast (as the sample scripts' --precision)
 LR = 0.1
 LR_DECAY = 1.0  # StepLR gamma per optimizer step; 1 = constant (reference)
 CLASSIFIER_CHANNELS = [64, 64]
@@ -51,9 +53,9 @@ DEVICE = "auto"
 OVERWRITE = False
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "JOINT_CLASSIFIER_PATH",
-               "GUIDANCE_SCALE", "STEPS", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "LR",
-               "LR_DECAY", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY", "TEST_SAMPLES",
-               "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE"]
+               "GUIDANCE_SCALE", "STEPS", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "COMPILE",
+               "PRECISION", "LR", "LR_DECAY", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY",
+               "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE"]
 
 PAIRS = sorted(unordered_pairs(3))  # (1,1), (1,2), (1,3), (2,2), (2,3), (3,3), the reference's order
 

@@ -3,9 +3,10 @@
 For each showcase composition in ROWS (indices into reproduce.SHOWCASE), reads the
 float32 evaluation that `python reproduce.py --scale SCALE` wrote to
 results/<SCALE>/, samples the composition again with the same settings (models,
-λ, number of samples, the scale's sampler flags, seed) under PRECISION, evaluates it
+λ, number of samples, sampler steps and seed; the scale's other sampler flags) under PRECISION, evaluates it
 with evaluate_composition.py, and reports whether its support precision and TV
-fall inside the float32 run's 95% bootstrap intervals. Table on stdout, JSON in OUT_DIR.
+fall inside the float32 run's 95% bootstrap intervals. Table on stdout; JSON in OUT_DIR, where the
+rows of earlier runs are kept.
 
     python benchmarks/precision_quality.py                    # rows 1 and 8: M1/M2 (1,1) λ=20, MN (1,2,3)
     python benchmarks/precision_quality.py --rows 0 1 2 8
@@ -46,8 +47,9 @@ def compare_row(index, config):
         raise UserError(f"{reference_path} is missing; run `python reproduce.py --scale {config['SCALE']}` first")
     reference = json.loads(reference_path.read_text())
     settings = json.loads((reference_dir / f"{stem}.json").read_text())
-    flags = [*reproduce.SCALES[config["SCALE"]]["sample_flags"], "--seed", str(settings["seed"]),
-             "--precision", config["PRECISION"]]
+    # The float32 run's own sampler settings: the scale's flags, its step count and seed.
+    flags = [*reproduce.SCALES[config["SCALE"]]["sample_flags"], "--num-steps", str(settings["num_steps"]),
+             "--seed", str(settings["seed"]), "--precision", config["PRECISION"]]
     command = reproduce.sample_command(script, models, observations, scales, Path(config["CKPT_DIR"]),
                                        Path(config["OUT_DIR"]), reference["num_samples"], flags)
     start = time.perf_counter()
@@ -84,7 +86,11 @@ def main(argv=None):
               f" {'yes' if r['tv_inside_ci'] else 'no':>3}")
     out = Path(config["OUT_DIR"]) / "precision_quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "results": results}, indent=2) + "\n")
+    # Rows measured by earlier runs (e.g. another --rows at the same time) stay; a row measured again is replaced.
+    kept = json.loads(out.read_text())["results"] if out.exists() else []
+    measured = {r["composition"] for r in results}
+    merged = [r for r in kept if r["composition"] not in measured] + results
+    out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "results": merged}, indent=2) + "\n")
     print(f"wrote {out}")
     return results
 

@@ -8,10 +8,12 @@ given channels, batch, steps and device, this measures in one run:
     (recorded in a first run): the floor;
   - composed: PC sampling of the composition, eager float32; ratio = composed / bare;
   - fast paths, each as a speed-up over bare (> 1 is faster) with the largest
-    score difference to eager float32 (bare runs on eager copies of the networks): channels_last memory format; the score
-    networks compiled in place (torch.compile, float32; what --compile does);
-    bfloat16 autocast; compiled + bfloat16; every network compiled, classifiers
-    included ("compiled_all", float32);
+    score difference to eager float32 (bare runs on eager copies of the
+    networks): channels_last memory format; bfloat16 autocast with
+    channels_last (what --precision bfloat16 does); the score networks compiled
+    in place (torch.compile, float32; what --compile does); compiled +
+    bfloat16; every network compiled, classifiers included ("compiled_all",
+    float32);
   - base models batched: the base models' forwards as one torch.func.vmap call
     over their stacked weights, against the separate calls (bare, base models only);
   - inference_mode: the base models' forwards under inference_mode against no_grad.
@@ -193,13 +195,13 @@ def benchmark_case(case, config, sde, device):
     def measure(path, model):
         fast[path] = measure_fast_path(model, sampler, bare, x, t, eager_score, device, repeats)
         fast[path]["images_per_s"] = batch / fast[path]["s"]
+        for network in networks:  # the next path starts from the default layout (bfloat16 went channels_last)
+            network.to(memory_format=torch.contiguous_format)
 
     if "channels_last" in paths:
         for network in networks:
             network.to(memory_format=torch.channels_last)
         measure("channels_last", score_model)
-        for network in networks:
-            network.to(memory_format=torch.contiguous_format)
     if "bfloat16" in paths:
         measure("bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
     # Compiling is in place, so the compiled paths come last, the classifiers' compilation the very last.

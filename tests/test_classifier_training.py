@@ -8,8 +8,8 @@ import torch.nn as nn
 
 import train_3way_conditional_classifier
 import train_classifier
-from classifier_training import (TrajectoryPool, Trajectories, every_nth_step, frozen_copy, joint_training_loss,
-                                 sample_trajectories, trainable_steps)
+from classifier_training import (Trajectories, TrajectoryPool, every_nth_step, frozen_copy, joint_training_loss,
+                                 load_base_models, sample_trajectories, trainable_steps, trajectory_sampler)
 from cli import UserError, flag_name
 from losses import (conditional_classifier_loss, conditional_keep_prob, joint_non_terminal_loss, joint_soft_targets,
                     joint_terminal_loss, select_steps)
@@ -101,6 +101,17 @@ def test_stored_steps_are_the_trainable_ones_of_the_sampled_trajectories(bases):
     assert stored.sources.tolist() == [0, 0, 0, 1, 1, 1] and stored.num_steps == 20
     test_steps = every_nth_step(10)(torch.linspace(1, EPS, 25))
     assert torch.nonzero(test_steps).flatten().tolist() == [0, 10, 20, 24]
+
+
+def test_compiled_trajectory_sampler_gives_the_eager_trajectories(tiny_base_checkpoints):
+    config = {"SEED": 0, "TRAJECTORY_STEPS": 4, "SNR": 0.16, "COMPILE": False, "PRECISION": "float32",
+              "GEN_CKPT_DIR": str(tiny_base_checkpoints), "GEN_CKPT_EPOCH": 195}
+    models = load_base_models(config, ["M1", "M2"], SDE, "cpu")
+    eager = trajectory_sampler(models, config, SDE, "cpu")(3, trainable_steps)
+    compiled = trajectory_sampler(models, {**config, "COMPILE": True}, SDE, "cpu")(3, trainable_steps)
+    assert all(getattr(model, "_compiled_call_impl", None) is not None for model in models)
+    torch.testing.assert_close(compiled.states, eager.states, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(compiled.times, eager.times)
 
 
 def test_pool_reuses_its_trajectories_then_resamples():
@@ -226,12 +237,14 @@ def test_train_classifier_writes_loadable_checkpoints_and_plot(tiny_base_checkpo
         train_classifier.main(TINY + ["--gen-ckpt-dir", str(tiny_base_checkpoints), "--ckpt-dir", str(tmp_path)])
 
 
-def test_train_conditional_classifier_on_compositions(tiny_base_checkpoints, tmp_path):
+@pytest.mark.parametrize("fast_path", [[], ["--compile", "--precision", "bfloat16"]])
+def test_train_conditional_classifier_on_compositions(fast_path, tiny_base_checkpoints, tmp_path):
     joint_path = tmp_path / "3way_classifier_ckpt_700.pth"
     torch.save(ThreeWayJointYClassifier(embed_dim=8, t_embed_dim=8, input_channels=3, channels=(4, 4)).state_dict(),
                joint_path)
-    train_3way_conditional_classifier.main(TINY + ["--gen-ckpt-dir", str(tiny_base_checkpoints), "--ckpt-dir",
-                                                   str(tmp_path), "--joint-classifier-path", str(joint_path)])
+    train_3way_conditional_classifier.main(TINY + fast_path + ["--gen-ckpt-dir", str(tiny_base_checkpoints),
+                                                               "--ckpt-dir", str(tmp_path),
+                                                               "--joint-classifier-path", str(joint_path)])
     load_classifier(tmp_path / "3way_conditional_classifier_ckpt_2.pth", ThreeWayConditionalYClassifier, "cpu",
                     "train_3way_conditional_classifier.py")
 

@@ -1,9 +1,11 @@
 """reproduce.py: stage order, skipping finished stages, checkpoint export, results summary."""
 import json
 
+import pytest
 import torch
 
 import reproduce
+from cli import UserError
 from models.score_model import ScoreNet
 from sde import VESDE
 from utils import load_score_model
@@ -14,17 +16,23 @@ def stage_lines(capsys, argv):
     return [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
 
 
-def test_dry_run_lists_stages_in_dependency_order(tmp_path, capsys):
+def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     dirs = ["--run-dir", str(tmp_path / "run"), "--export-dir", str(tmp_path / "ckpt"), "--out-dir", str(tmp_path / "out")]
-    lines = stage_lines(capsys, ["--dry-run", *dirs])
-    names = [line.split(":")[0][7:] for line in lines]
-    position = {name: i for i, name in enumerate(names)}
-    assert position["base M2"] < position["classifier M1/M2"] < position["base MN1"]
-    assert position["base MN3"] < position["3-way classifier"] < position["3-way conditional classifier"]
-    assert position["base 2"] < position["classifier 1/2"] < min(i for n, i in position.items() if n.startswith("sample"))
+    pipeline = reproduce.main(["--dry-run", *dirs])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    names = [stage.name for stage in pipeline.stages]
+    assert [line.split(":")[0][7:] for line in lines] == names and all(line.startswith("[run ]") for line in lines)
+    for position, stage in enumerate(pipeline.stages):
+        assert all(names.index(needed) < position for needed in stage.after), stage.name
+    needs = {stage.name: set(stage.after) for stage in pipeline.stages}
+    assert needs["3-way conditional classifier"] >= {"export 3-way classifier", "export MN3"}
+    assert needs["sample composition_1_2_y1-1_y2-2_g20"] == {"export 1", "export 2", "export classifier 1/2"}
+    assert needs["sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3_g10_g75"] == {
+        "export MN1", "export MN2", "export MN3", "export 3-way classifier", "export 3-way conditional classifier"}
+    assert names[0] == "base MN1"  # the longest chain first
     assert sum(n.startswith("evaluate") for n in names) == len(reproduce.SHOWCASE)
-    assert all(line.startswith("[run ]") for line in lines)
-    assert "--num-steps 500" in next(line for line in lines if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
+    sample = next(line for line in lines if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
+    assert "--num-steps 250" in sample and "--precision bfloat16" in sample
     # The cpu scale trains the 3-way classifier for fewer steps and exports it under the reference name.
     three_way = next(line for line in lines if line.startswith("[run ] 3-way classifier"))
     assert "--steps 300" in three_way
@@ -39,8 +47,68 @@ def test_dry_run_lists_stages_in_dependency_order(tmp_path, capsys):
     (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")
     (tmp_path / "run" / "gen_M2_train_state.pth").write_bytes(b"")
     lines = stage_lines(capsys, ["--dry-run", *dirs])
-    assert lines[0].startswith("[skip] base M1")
+    assert any(line.startswith("[skip] base M1:") for line in lines)
+    assert any(line.startswith("[run ] export M1") for line in lines)  # its export is missing
     assert "--resume" in next(line for line in lines if line.startswith("[run ] base M2"))
+
+
+def write_after(path, seconds, needed=()):
+    """argv of a stage that fails unless `needed` exist, sleeps, then writes when it started and ended to `path`."""
+    return ["-c", f"import pathlib, sys, time; start = time.time(); "
+                  f"sys.exit(3) if not all(pathlib.Path(p).exists() for p in {needed!r}) else time.sleep({seconds}); "
+                  f"pathlib.Path({str(path)!r}).write_text(f'{{start}} {{time.time()}}')"]
+
+
+def span(path):
+    return [float(v) for v in path.read_text().split()]
+
+
+def test_parallel_pipeline_respects_dependencies_and_overlaps_independent_stages(tmp_path, capsys):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    pipeline = reproduce.Pipeline(tmp_path, dry_run=False, jobs=2)
+    pipeline.stage("a", [a], write_after(a, 1.0))
+    pipeline.stage("b", [b], write_after(b, 1.0))
+    pipeline.stage("c", [c], write_after(c, 0.0, [str(a), str(b)]), after=["a", "b"])
+    pipeline.run()
+    (a_start, a_end), (b_start, b_end) = span(a), span(b)
+    assert a_start < b_end and b_start < a_end  # a and b ran side by side
+    assert span(c)[0] > max(a_end, b_end)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert set(timings) == {"a", "b", "c", reproduce.WALL_TIME_KEY}
+    assert (tmp_path / "logs" / "c.log").exists()  # parallel stages write logs
+
+    # Finished stages are skipped, unless a stage they read from ran again.
+    first_c = c.read_text()
+    a.unlink()
+    capsys.readouterr()
+    pipeline = reproduce.Pipeline(tmp_path, dry_run=False, jobs=2)
+    pipeline.stage("a", [a], write_after(a, 0.0))
+    pipeline.stage("b", [b], write_after(b, 0.0))
+    pipeline.stage("c", [c], write_after(c, 0.0, [str(a), str(b)]), after=["a", "b"])
+    pipeline.run()
+    assert "[skip] b" in capsys.readouterr().out and c.read_text() != first_c
+
+    # A failing stage stops what depends on it, keeps what finished, and exits non-zero.
+    a.unlink()
+    d = tmp_path / "d"
+    pipeline = reproduce.Pipeline(tmp_path, dry_run=False, jobs=2)
+    pipeline.stage("a", [a], ["-c", "import sys; sys.exit(5)"])
+    pipeline.stage("b", [b], write_after(b, 0.0))
+    pipeline.stage("d", [d], write_after(d, 0.0), after=["a"])
+    with pytest.raises(UserError, match="'a' \\(exit 5"):
+        pipeline.run()
+    assert "[skip] b" in capsys.readouterr().out and b.exists() and not d.exists()
+
+
+def test_a_stage_made_ready_by_a_quick_action_keeps_its_priority(tmp_path):
+    train, export, high, low = (tmp_path / name for name in ("train", "export", "high", "low"))
+    pipeline = reproduce.Pipeline(tmp_path, dry_run=False, jobs=1)
+    pipeline.stage("train", [train], write_after(train, 0.0))
+    pipeline.stage("export", [export], action=lambda: export.write_text("exported"), after=["train"])
+    pipeline.stage("high", [high], write_after(high, 0.0, [str(export)]), after=["export"])
+    pipeline.stage("low", [low], write_after(low, 0.0))
+    pipeline.run()
+    assert span(train)[1] < span(high)[0] < span(low)[0]
 
 
 def test_export_halves_storage_and_loading_restores_float32(tmp_path):
@@ -66,14 +134,36 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
     _, models, observations, scales = reproduce.SHOWCASE[1]
     second = reproduce.composition_stem(models, observations, scales)
     (out_dir / f"{second}_eval.json").write_text((out_dir / f"{stem}_eval.json").read_text())
-    (out_dir / f"{second}.json").write_text(json.dumps({"precision": "bfloat16"}))
+    (out_dir / f"{second}.json").write_text(json.dumps({"precision": "bfloat16", "num_steps": 250}))
     (tmp_path / "README.md").write_text("intro\n<!-- results:cpu -->\nold table\n<!-- /results:cpu -->\nrest\n")
     text = reproduce.write_summary(out_dir, "cpu", {"base M1": 100.4, "export M1": 0.0}).read_text()
     readme = (tmp_path / "README.md").read_text()
     assert "old table" not in readme and readme.startswith("intro\n<!-- results:cpu -->\n| composition |")
     assert f"[png](results/cpu/{stem}.png)" in readme
     assert readme.endswith("|\n<!-- /results:cpu -->\nrest\n") and readme.count("(bfloat16)") == 1
-    assert "| 20 (bfloat16) | 512 |" in text and text.count("(bfloat16)") == 1
-    assert f"| 512 | 97.0% (95.0%–98.0%) | 0.050 (0.030–0.070) | 0.010 | 2.0% | [png](cpu/{stem}.png) |" in text
+    assert "| 20 (bfloat16) | 250 | 512 |" in text and text.count("(bfloat16)") == 1
+    assert f"| 20 | ? | 512 | 97.0% (95.0%–98.0%) | 0.050 (0.030–0.070) | 0.010 | 2.0% | [png](cpu/{stem}.png) |" \
+        in text
     assert text.count("pending") == len(reproduce.SHOWCASE) - 2
     assert "| base M1 | 100 |" in text and "export M1" not in text
+
+
+def test_summary_of_another_out_dir_leaves_readme_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    readme = "intro\n<!-- results:cpu -->\nold table\n<!-- /results:cpu -->\n"
+    (tmp_path / "README.md").write_text(readme)
+    out_dir = tmp_path / "results" / "cpu_fresh"
+    out_dir.mkdir(parents=True)
+    path = reproduce.write_summary(out_dir, "cpu", {"base M1": 10.0})
+    assert path == tmp_path / "results" / "cpu_fresh.md" and "| base M1 | 10 |" in path.read_text()
+    assert (tmp_path / "README.md").read_text() == readme
+
+
+def test_progress_line_is_the_outer_bar_of_nested_ones(tmp_path):
+    log = tmp_path / "stage.log"
+    log.write_text("train:  40%|####  | 40/100\r\nPC sampling:  10%|#  | 10/100\x1b[A\rPC sampling:  20%|##  | 20/100\x1b[A")
+    assert reproduce.last_progress(log) == "train:  40%|####  | 40/100"
+    log.write_text("PC sampling:  20%|##  | 20/100\r")
+    assert reproduce.last_progress(log) == "PC sampling:  20%|##  | 20/100"
+    log.write_text("")
+    assert reproduce.last_progress(log) == "starting"
