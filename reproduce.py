@@ -271,7 +271,8 @@ def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
     times = ["| stage | wall time (s) |", "|---|---|"] + [f"| {name} | {seconds:.0f} |"
                                                        for name, seconds in timings.items() if seconds >= 1]
     path = out_dir.parent / f"{out_dir.name}.md"
-    path.write_text(f"Produced by `python reproduce.py --scale {scale}`.\n\n" + "\n".join(rows)
+    path.write_text(f"Written by `python reproduce.py --scale {scale}` into `{Path(os.path.relpath(out_dir))}/` "
+                    f"(README gives the full commands).\n\n" + "\n".join(rows)
                     + "\n\nStage wall times (this machine):\n\n" + "\n".join(times) + "\n")
     # README lives at the root: its grid links start there.
     links = f"]({out_dir.name}/", f"]({Path(os.path.relpath(out_dir))}/"
