@@ -13,8 +13,9 @@ show each running stage's latest progress bar, whose full output is in
 to EXPORT_DIR under the reference file names (half precision at the cpu scale), and
 every later stage reads them from there, so the results describe exactly the
 exported files. A stage whose outputs exist is skipped; an interrupted base-model
-run resumes; a stage whose inputs were just remade runs again. Stage wall times and the whole run's go to <RUN_DIR>/timings.json;
-grids and evaluations to OUT_DIR (results/<scale>/), summarised in <OUT_DIR>.md.
+run resumes; a stage whose inputs were just remade runs again. Stage wall times and
+the whole run's go to <RUN_DIR>/timings.json; grids and evaluations to OUT_DIR
+(results/<scale>/), summarised in <OUT_DIR>.md.
 """
 import json
 import os
@@ -151,10 +152,11 @@ class Pipeline:
             # Skips and quick actions first, until none is left: they can make a higher-priority stage
             # ready, which must get the next free lane before the lower-priority ones already ready.
             ready = [s for s in waiting if not failed and all(d in done for d in s.after)]
-            quick = next((s for s in ready if s.action is not None or self._up_to_date(s, ran)), None)
+            up_to_date = {s.name for s in ready if self._up_to_date(s, ran)}
+            quick = next((s for s in ready if s.action is not None or s.name in up_to_date), None)
             if quick is not None:
                 waiting.remove(quick)
-                if self._up_to_date(quick, ran):
+                if quick.name in up_to_date:
                     done.add(quick.name)
                     print(f"[skip] {quick.name}: done ({quick.outputs[0]})", flush=True)
                 else:
@@ -334,16 +336,17 @@ def main(argv=None):
     # Declared in priority order, the longest chain (MN base models -> 3-way joint -> conditional) first;
     # each stage starts once the stages it reads from have finished.
     exports = {g: train_base_model(g) for g in ["MN1", "MN2", "MN3"]}
+    three_way_bases = list(exports.values())
     three_way = train_classifier("3-way classifier", "3way_classifier", 700,
-                                 ["train_3way_classifier.py", *settings["three_way_flags"]],
-                                 after=[exports[g] for g in ["MN1", "MN2", "MN3"]])
+                                 ["train_3way_classifier.py", *settings["three_way_flags"]], after=three_way_bases)
     conditional = train_classifier("3-way conditional classifier", "3way_conditional_classifier", 200,
                                    ["train_3way_conditional_classifier.py", *settings["conditional_flags"],
                                     "--joint-classifier-path", str(export_dir / "3way_classifier_ckpt_700.pth")],
-                                   after=[three_way, *(exports[g] for g in ["MN1", "MN2", "MN3"])])
+                                   after=[three_way, *three_way_bases])
     exports.update({g: train_base_model(g) for g in ["M1", "M2"]})
     binary = train_classifier("classifier M1/M2", "classifier", 200,
-                              ["train_classifier.py", *settings["classifier_flags"]], after=[exports["M1"], exports["M2"]])
+                              ["train_classifier.py", *settings["classifier_flags"]],
+                              after=[exports["M1"], exports["M2"]])
     exports.update({g: train_base_model(g) for g in ["1", "2"]})
     subdigits = train_classifier("classifier 1/2", "subdigits_classifier", 200,
                                  ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2",

@@ -58,8 +58,12 @@ def fast_score_model(score_model, networks, compile_networks=False, precision="f
     if dtype is None:
         return score_model
     score_model.to(memory_format=torch.channels_last)  # only 4-D weights change; state_dict keys stay
-    if not compile_networks:  # eager score networks run slower in channels_last (their GroupNorms)
-        for module in score_model.modules():
-            if isinstance(module, ScoreNet):
-                module.to(memory_format=torch.contiguous_format)
+    for module in score_model.modules():  # eager score networks run slower in channels_last (their GroupNorms)
+        if isinstance(module, ScoreNet) and not is_compiled(module):
+            module.to(memory_format=torch.contiguous_format)
     return AutocastScore(score_model, dtype)
+
+
+def is_compiled(network) -> bool:
+    """Whether nn.Module.compile() was called on `network` (here or by compile_in_place elsewhere)."""
+    return getattr(network, "_compiled_call_impl", None) is not None
