@@ -8,9 +8,10 @@ sample scripts compile the score networks only: compiled, a classifier's
 forward plus input gradient ran about 2x slower than eager on CPU
 (benchmarks/sampling_benchmark.py, path "compiled_all"). Under bfloat16 the
 classifiers and the compiled networks also switch to channels_last: on CPU,
-oneDNN's bfloat16 transposed convolutions ran 2-5x faster in that layout and
-the classifiers' forward plus input gradient about 1.3x, while eager score
-networks ran slower (their GroupNorms); in float32 the layout measured no gain.
+oneDNN's bfloat16 transposed convolutions and the classifiers' forward plus
+input gradient ran faster in that layout, while eager score networks ran
+slower (their GroupNorms); in float32 the layout gave no gain (README,
+Performance: the sampling benchmark's paths before and after this choice).
 """
 import torch
 import torch.nn as nn
