@@ -72,8 +72,12 @@ def _all_positive(value):
     return all(v > 0 for v in values)
 
 
-def run_main(main):
-    """Call `main()`, turning a UserError into a one-line message on stderr and exit status 2."""
+def run_main(main, keep_freed_memory=True):
+    """Call `main()`, turning a UserError into a one-line message on stderr and exit status 2; first let
+    malloc keep freed tensor memory (models.fast_paths.keep_freed_memory) unless asked not to."""
+    if keep_freed_memory:
+        from models.fast_paths import keep_freed_memory as keep
+        keep()
     try:
         main()
     except UserError as error:

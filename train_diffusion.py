@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from cli import UserError, override_globals, run_main
 from custom_datasets import BASE_DATASETS, ColouredMNIST
 from losses import denoising_score_matching_loss
+from models.fast_paths import PRECISIONS, AutocastScore, compile_in_place
 from models.score_model import ScoreNet
 from sde import VESDE
 from utils import atomic_save, ensure_writable_dir, get_device, load_into, seed_everything
@@ -31,6 +32,8 @@ CHANNELS = [64, 128, 256, 256]
 EMBED_DIM = 256
 SAVE_EVERY = 5
 TRAIN_SUBSET = 0  # train on this many randomly chosen images; 0 = the whole dataset
+COMPILE = False  # torch.compile the network in place (state_dict keys unchanged)
+PRECISION = "float32"  # or "bfloat16": forward passes under autocast, weights and optimizer in float32
 CKPT_DIR = "checkpoints"
 DATA_ROOT = "data"
 SEED = 0
@@ -45,10 +48,11 @@ PRESETS = {
     "paper": {},
 }
 OVERRIDABLE = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",
-               "SAVE_EVERY", "TRAIN_SUBSET", "CKPT_DIR", "DATA_ROOT", "SEED", "DEVICE", "RESUME",
-               "OVERWRITE", "PRESET"]
+               "SAVE_EVERY", "TRAIN_SUBSET", "COMPILE", "PRECISION", "CKPT_DIR", "DATA_ROOT", "SEED", "DEVICE",
+               "RESUME", "OVERWRITE", "PRESET"]
 CONFIG_KEYS = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",
-               "TRAIN_SUBSET", "SEED"]
+               "TRAIN_SUBSET", "PRECISION", "SEED"]
+DEFAULTS_OF_LATER_KEYS = {"PRECISION": "float32"}  # what train states saved before a key existed used
 
 
 def parse_args(argv=None):
@@ -60,7 +64,8 @@ def parse_args(argv=None):
         defaults.update(PRESETS[explicit.PRESET])
     override_globals(defaults, OVERRIDABLE, __doc__, argv, positive=["EPOCHS", "BATCH_SIZE", "LR", "LR_END",
                      "CHANNELS", "EMBED_DIM", "SAVE_EVERY"], choices={"GEN_IDX": list(BASE_DATASETS),
-                     "LR_SCHEDULE": ["exponential", "onecycle"], "PRESET": list(PRESETS) + [None]})
+                     "LR_SCHEDULE": ["exponential", "onecycle"], "PRECISION": list(PRECISIONS),
+                     "PRESET": list(PRESETS) + [None]})
     config = {name: defaults[name] for name in OVERRIDABLE}
     if len(config["CHANNELS"]) != 4 or any(c % 32 for c in config["CHANNELS"]):
         raise UserError(f"--channels needs 4 multiples of 32 (GroupNorm uses 32 groups); got {config['CHANNELS']}")
@@ -125,7 +130,7 @@ def train(config):
 
     if config["RESUME"]:
         state = torch.load(resume_file, map_location="cpu", weights_only=False)
-        saved = {k: state["config"][k] for k in CONFIG_KEYS}
+        saved = {k: state["config"].get(k, DEFAULTS_OF_LATER_KEYS.get(k)) for k in CONFIG_KEYS}
         wanted = {k: config[k] for k in CONFIG_KEYS}
         if saved != wanted:
             diff = {k: (saved[k], wanted[k]) for k in CONFIG_KEYS if saved[k] != wanted[k]}
@@ -138,6 +143,11 @@ def train(config):
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
 
+    if config["COMPILE"]:
+        compile_in_place([model])
+    dtype = PRECISIONS[config["PRECISION"]]
+    score_model = model if dtype is None else AutocastScore(model, dtype)
+
     if start_epoch >= config["EPOCHS"]:
         print(f"{resume_file} is complete ({start_epoch} epochs); nothing to do")
         return model
@@ -148,7 +158,7 @@ def train(config):
         total, count = 0.0, 0
         for batch in order.split(config["BATCH_SIZE"]):
             x = dataset.batch(batch).to(device)
-            loss = denoising_score_matching_loss(model, x, sde)
+            loss = denoising_score_matching_loss(score_model, x, sde)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

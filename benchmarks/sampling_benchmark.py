@@ -17,6 +17,8 @@ given channels, batch, steps and device, this measures in one run:
   - base models batched: the base models' forwards as one torch.func.vmap call
     over their stacked weights, against the separate calls (bare, base models only);
   - inference_mode: the base models' forwards under inference_mode against no_grad.
+Every script lets malloc keep freed tensor memory (models.fast_paths.keep_freed_memory); so does this
+benchmark, bare floor included, unless --no-keep-freed-memory (glibc's default allocator) is given.
 Every comparison alternates its two sides REPEATS times and keeps the fastest of
 each, so a drift in the machine's speed hits both. Networks are randomly
 initialised (cost does not depend on the weights) with the CPU-scale widths by
@@ -39,7 +41,7 @@ from cli import override_globals, run_main  # noqa: E402
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier,  # noqa: E402
                                      ThreeWayJointYClassifier)
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition  # noqa: E402
-from models.fast_paths import fast_score_model  # noqa: E402
+from models.fast_paths import fast_score_model, keep_freed_memory  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import pc_sampler  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -55,12 +57,13 @@ CASES = ["single", "binary", "three_way"]
 FAST_PATHS = ["channels_last", "bfloat16", "compiled", "compiled_bfloat16", "compiled_all"]
 REPEATS = 5  # each time is the fastest of this many runs, alternated with the bare floor
 THREADS = 0  # 0 = torch's default
+KEEP_FREED_MEMORY = True  # as every script: malloc keeps freed memory (False: glibc's default)
 SEED = 0
 DEVICE = "auto"
 OUT = "benchmarks/results/sampling.json"
 
 OVERRIDABLE = ["CHANNELS", "JOINT_CHANNELS", "THREE_WAY_CHANNELS", "CONDITIONAL_CHANNELS", "BATCH_SIZE", "NUM_STEPS",
-               "CASES", "FAST_PATHS", "REPEATS", "THREADS", "SEED", "DEVICE", "OUT"]
+               "CASES", "FAST_PATHS", "REPEATS", "THREADS", "KEEP_FREED_MEMORY", "SEED", "DEVICE", "OUT"]
 
 
 def build_case(case, config, sde, device):
@@ -255,21 +258,22 @@ def main(argv=None):
                               "FAST_PATHS": FAST_PATHS})
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
+    allocator = "keeps freed memory" if config["KEEP_FREED_MEMORY"] and keep_freed_memory() else "default"
     torch.manual_seed(config["SEED"])
     device = get_device(config["DEVICE"])
     sde = VESDE()
     results = [benchmark_case(case, config, sde, device) for case in config["CASES"]]
-    header = (f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, channels "
-              f"{config['CHANNELS']}, batch {config['BATCH_SIZE']}, {config['NUM_STEPS']} PC steps; "
+    header = (f"device {device} ({torch.get_num_threads()} threads, malloc {allocator}), torch {torch.__version__}, "
+              f"channels {config['CHANNELS']}, batch {config['BATCH_SIZE']}, {config['NUM_STEPS']} PC steps; "
               f"ratio = composed / bare (eager float32); vmap/sep and inf/nograd: base-model forwards only")
     print_table(results, header)
     out = Path(config["OUT"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "device": str(device),
-                               "threads": torch.get_num_threads(), "torch": torch.__version__,
+                               "threads": torch.get_num_threads(), "malloc": allocator, "torch": torch.__version__,
                                "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, keep_freed_memory=False)  # main decides (KEEP_FREED_MEMORY)

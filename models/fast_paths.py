@@ -13,6 +13,9 @@ input gradient ran faster in that layout, while eager score networks ran
 slower (their GroupNorms); in float32 the layout gave no gain (README,
 Performance: the sampling benchmark's paths before and after this choice).
 """
+import ctypes
+import sys
+
 import torch
 import torch.nn as nn
 
@@ -68,3 +71,27 @@ def fast_score_model(score_model, networks, compile_networks=False, precision="f
 def is_compiled(network) -> bool:
     """Whether nn.Module.compile() was called on `network` (here or by compile_in_place elsewhere)."""
     return getattr(network, "_compiled_call_impl", None) is not None
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest: tensors up to 32 MiB come from the reusable heap
+TRIM_THRESHOLD_BYTES = 256 << 20  # freed memory the process keeps before returning it to the OS
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed tensor memory for reuse; True where it took effect (glibc only).
+
+    By default glibc maps each block over 128 KiB fresh from the OS and unmaps it on free, so every
+    activation of a sampling step page-faults its memory in again: on the 2-core machine that made the
+    bfloat16 weight casts and channels_last copies of a composed score call several times slower than
+    their arithmetic (README, Performance). Outputs do not change; every script sets this at start.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and \
+        bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))

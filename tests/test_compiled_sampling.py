@@ -1,10 +1,12 @@
 """The sampling fast paths: compiled float32 gives the eager scores; bfloat16 autocast stays close."""
+import platform
+
 import pytest
 import torch
 
 from models.classifier_model import JointYClassifier
 from models.compositions import BinaryDiffusionComposition
-from models.fast_paths import AutocastScore, fast_score_model
+from models.fast_paths import AutocastScore, fast_score_model, keep_freed_memory
 from models.score_model import ScoreNet
 from samplers import pc_sampler
 from sde import VESDE
@@ -54,3 +56,8 @@ def test_unknown_precision_is_rejected():
     _, composition, networks = tiny_composition()
     with pytest.raises(ValueError, match="precision must be one of"):
         fast_score_model(composition, networks, precision="float16x")
+
+
+def test_keep_freed_memory_takes_effect_where_malloc_is_glibc():
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is on_glibc

@@ -58,6 +58,20 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
     assert (whole / "gen_M1_loss.png").stat().st_size > 0
 
 
+def test_bfloat16_compiled_training_keeps_the_checkpoint_format(data_root, tmp_path):
+    """--compile --precision bfloat16 (the cpu preset) trains in float32 weights with the reference's keys,
+    and a resume must keep the precision it started with."""
+    train_diffusion.main(TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1",
+                                 "--compile", "--precision", "bfloat16"])
+    state = torch.load(tmp_path / "gen_M1_ckpt_0.pth")
+    reference = train_diffusion.ScoreNet(lambda t: t, channels=[32, 32, 32, 32], embed_dim=16, input_channels=3)
+    assert state.keys() == reference.state_dict().keys()
+    assert all(value.dtype == torch.float32 for value in state.values())
+    with pytest.raises(UserError, match="PRECISION"):
+        train_diffusion.main(TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1",
+                                     "--resume"])
+
+
 def test_existing_run_is_not_overwritten(data_root, tmp_path):
     args = TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1"]
     train_diffusion.main(args)
