@@ -12,7 +12,8 @@ training wall time (tests excluded) and the test accuracies; then the cost of
 reaching TERMINAL_TARGET (mean terminal accuracy) and NOISY_TARGET (mean accuracy
 over the test steps with t <= 0.7). Classifier work per step is the same in every
 setting (same batch and step selection), so the settings differ in sampling.
-Table on stdout, JSON in OUT.
+Table on stdout, JSON in OUT. Like every script, it lets malloc keep freed tensor memory
+(models.fast_paths.keep_freed_memory) unless --no-keep-freed-memory is given.
 
     python benchmarks/classifier_benchmark.py                       # both parts
     python benchmarks/classifier_benchmark.py --parts step
@@ -32,6 +33,7 @@ from classifier_training import Trajectories, frozen_copy, joint_training_loss  
 from cli import override_globals, run_main  # noqa: E402
 from losses import JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, select_steps  # noqa: E402
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier  # noqa: E402
+from models.fast_paths import malloc_setting  # noqa: E402
 from samplers import time_grid  # noqa: E402
 
 PARTS = ["step", "convergence"]
@@ -52,13 +54,14 @@ POOLS = [[32, 1], [256, 50], [128, 20]]  # [pool size, reuse] per model; the fir
 TERMINAL_TARGET = 0.78
 NOISY_TARGET = 0.80
 REANALYSE = False  # only recompute "reached" in OUT for the current targets (no training)
+KEEP_FREED_MEMORY = True  # as every script: malloc keeps freed memory (False: glibc's default)
 SEED = 0
 DEVICE = "cpu"
 OUT = "benchmarks/results/classifier_training.json"
 
 OVERRIDABLE = ["PARTS", "STEP_BATCH_SIZE", "REPEATS", "GEN_CKPT_DIR", "TRAJECTORY_STEPS", "BATCH_SIZE", "STEPS",
                "WARMUP_STEPS", "TEST_EVERY", "TEST_SAMPLES", "CLASSIFIER_CHANNELS", "TERMINAL_TARGET", "NOISY_TARGET",
-               "REANALYSE", "SEED", "DEVICE", "OUT"]
+               "REANALYSE", "KEEP_FREED_MEMORY", "SEED", "DEVICE", "OUT"]
 
 
 def fastest(fn, repeats):
@@ -178,6 +181,7 @@ def main(argv=None):
                      positive=["STEP_BATCH_SIZE", "REPEATS", "TRAJECTORY_STEPS", "BATCH_SIZE", "STEPS",
                                "TEST_EVERY", "TEST_SAMPLES"], choices={"PARTS": PARTS})
     torch.manual_seed(config["SEED"])
+    allocator = malloc_setting(config["KEEP_FREED_MEMORY"])
     out = Path(config["OUT"])
     if config["REANALYSE"]:
         report = json.loads(out.read_text())
@@ -187,12 +191,13 @@ def main(argv=None):
         config = {**config, **report["settings"], "PARTS": [p for p in PARTS if p in report], "REANALYSE": True}
     else:
         report = {"settings": {k: config[k] for k in OVERRIDABLE}, "threads": torch.get_num_threads(),
-                  "torch": torch.__version__}
+                  "malloc": allocator, "torch": torch.__version__}
     if "convergence" in config["PARTS"] and not config["REANALYSE"]:
         report["convergence"] = [convergence(size, reuse, config) for size, reuse in POOLS]
     if "step" in config["PARTS"] and not config["REANALYSE"]:
         report["step"] = [step_cost(name, config) for name in STEP_CASES]
-    print(f"\ndevice {config['DEVICE']} ({report['threads']} threads), torch {report['torch']}")
+    print(f"\ndevice {config['DEVICE']} ({report['threads']} threads, malloc {report.get('malloc', 'default')}), "
+          f"torch {report['torch']}")
     if "step" in report:
         print_step_table(report["step"])
     if "convergence" in report:
@@ -203,4 +208,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, keep_freed_memory=False)  # main decides (KEEP_FREED_MEMORY)

@@ -41,7 +41,7 @@ from cli import override_globals, run_main  # noqa: E402
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier,  # noqa: E402
                                      ThreeWayJointYClassifier)
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition  # noqa: E402
-from models.fast_paths import fast_score_model, keep_freed_memory  # noqa: E402
+from models.fast_paths import fast_score_model, malloc_setting  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import pc_sampler  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -258,7 +258,7 @@ def main(argv=None):
                               "FAST_PATHS": FAST_PATHS})
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
-    allocator = "keeps freed memory" if config["KEEP_FREED_MEMORY"] and keep_freed_memory() else "default"
+    allocator = malloc_setting(config["KEEP_FREED_MEMORY"])
     torch.manual_seed(config["SEED"])
     device = get_device(config["DEVICE"])
     sde = VESDE()

@@ -95,3 +95,8 @@ def keep_freed_memory() -> bool:
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and \
         bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+
+
+def malloc_setting(keep_freed: bool) -> str:
+    """For benchmarks: apply keep_freed_memory() if `keep_freed`; name the allocator setting in effect."""
+    return "keeps freed memory" if keep_freed and keep_freed_memory() else "default"
