@@ -1,4 +1,4 @@
-"""Sampling fast paths (issue 6): compiled networks and bfloat16 autocast.
+"""Fast paths (issue 6): compiled networks, bfloat16 autocast, and malloc keeping freed memory (last section).
 
 Both keep the module structure and state_dict keys unchanged, so checkpoints
 load either way. Compiling is float32 and gives the eager scores within float
