@@ -51,6 +51,7 @@ def main(argv=None):
             "precision": config["PRECISION"]}
     png = save_samples(samples, config["OUT_DIR"], f"individual_{config['GEN_IDX']}", meta, config["PALETTE"])
     print(f"saved {png} ({len(samples)} samples)")
+    return png
 
 
 if __name__ == "__main__":

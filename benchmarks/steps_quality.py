@@ -2,12 +2,16 @@
 
 Samples each composition at every step count in STEPS with the committed
 checkpoints, evaluates it (evaluate_composition.py), prints a table, and writes
-a JSON file and a PNG plot (precision and TV against steps) to OUT_DIR.
+a JSON file and a PNG plot (precision and TV against steps) to OUT_DIR. The
+"MN2 alone" row is a base model sampled as the classifiers' trajectory pools
+are (their --trajectory-steps); ONLY (a regular expression) picks rows by label.
 
     python benchmarks/steps_quality.py                                  # 128 samples each
     python benchmarks/steps_quality.py --num-samples 512 --compile
+    python benchmarks/steps_quality.py --only "alone" --steps 500 250 200 150 100 --out-dir <dir>
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluate_composition  # noqa: E402
 import sample_3way_composition  # noqa: E402
 import sample_composition  # noqa: E402
-from cli import override_globals, run_main  # noqa: E402
+import sample_individual_model  # noqa: E402
+from cli import UserError, override_globals, run_main  # noqa: E402
 
 STEPS = [500, 250, 100, 50]
 NUM_SAMPLES = 128
@@ -24,6 +29,7 @@ BATCH_SIZE = 128
 CKPT_DIR = "checkpoints"
 SEED = 0
 COMPILE = False
+ONLY = ""  # regular expression over the row labels; empty: every row
 PLOT_ONLY = False  # redraw the plot from OUT_DIR/steps_quality.json without sampling
 OUT_DIR = "benchmarks/results/steps_quality"
 
@@ -32,9 +38,11 @@ COMPOSITIONS = [
     ("M1/M2 (1,1) λ=20", sample_composition, ["--y-1", "1", "--y-2", "1"]),
     ("M1/M2 (2,2) λ=20", sample_composition, ["--y-1", "2", "--y-2", "2"]),
     ("MN (1,2,3) λ=10,75", sample_3way_composition, []),
+    ("MN2 alone", sample_individual_model, ["--gen-idx", "MN2"]),
 ]
 
-OVERRIDABLE = ["STEPS", "NUM_SAMPLES", "BATCH_SIZE", "CKPT_DIR", "SEED", "COMPILE", "PLOT_ONLY", "OUT_DIR"]
+OVERRIDABLE = ["STEPS", "NUM_SAMPLES", "BATCH_SIZE", "CKPT_DIR", "SEED", "COMPILE", "ONLY", "PLOT_ONLY",
+               "OUT_DIR"]
 
 
 def plot(rows, path):
@@ -70,8 +78,14 @@ def main(argv=None):
         plot(json.loads((out / "steps_quality.json").read_text()), out / "steps_quality.png")
         print(f"wrote {out / 'steps_quality.png'}")
         return
+    try:
+        chosen = [row for row in COMPOSITIONS if re.search(config["ONLY"], row[0])]
+    except re.error as error:
+        raise UserError(f"--only {config['ONLY']!r} is not a regular expression: {error}") from None
+    if not chosen:
+        raise UserError(f"--only {config['ONLY']!r} matches no row; the rows: {[row[0] for row in COMPOSITIONS]}")
     rows = []
-    for label, script, flags in COMPOSITIONS:
+    for label, script, flags in chosen:
         for steps in config["STEPS"]:
             out_dir = Path(config["OUT_DIR"]) / f"steps_{steps}"
             png = script.main([*flags, "--num-steps", str(steps), "--num-samples", str(config["NUM_SAMPLES"]),
