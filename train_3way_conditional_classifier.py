@@ -9,6 +9,8 @@ every step, a test every 10 steps (300 trajectories per pair) and a checkpoint
 
 CPU-scale example: see train_classifier.py (the same pool and trunk flags), plus --joint-classifier-path.
 """
+import copy
+
 import torch
 
 from classifier_training import (TrajectoryPool, build_classifier, conditional_training_loss, every_nth_step, fit,
@@ -69,7 +71,10 @@ def train(config):
     joint = load_classifier(config["JOINT_CLASSIFIER_PATH"], ThreeWayJointYClassifier, device,
                             made_by="train_3way_classifier.py")
     try:
-        compositions = [BinaryDiffusionComposition(score_models, joint, y_1, y_2, config["GUIDANCE_SCALE"])
+        # The compositions guide with their own copy of the joint classifier: the sampler's fast path casts its
+        # networks' weights in place, and `joint` also computes the float32 soft targets.
+        guide = copy.deepcopy(joint)
+        compositions = [BinaryDiffusionComposition(score_models, guide, y_1, y_2, config["GUIDANCE_SCALE"])
                         for y_1, y_2 in PAIRS]
     except ValueError as error:
         raise UserError(f"{config['JOINT_CLASSIFIER_PATH']}: {error}") from None

@@ -10,7 +10,8 @@ given channels, batch, steps and device, this measures in one run:
   - fast paths, each as a speed-up over bare (> 1 is faster) with the largest
     score difference to eager float32 (bare runs on eager copies of the
     networks): channels_last memory format; bfloat16 autocast with
-    channels_last (what --precision bfloat16 does); the score networks compiled
+    channels_last and the weights cast once (what --precision bfloat16 does,
+    models/fast_paths.py); the score networks compiled
     in place (torch.compile, float32; what --compile does); compiled +
     bfloat16; every network compiled, classifiers included ("compiled_all",
     float32);
@@ -195,10 +196,15 @@ def benchmark_case(case, config, sde, device):
     result["score_scale"] = float(eager_score.abs().max())
     paths, fast = config["FAST_PATHS"], {}
 
+    float32_weights = [copy.deepcopy(network.state_dict()) for network in networks]
+
     def measure(path, model):
         fast[path] = measure_fast_path(model, sampler, bare, x, t, eager_score, device, repeats)
         fast[path]["images_per_s"] = batch / fast[path]["s"]
-        for network in networks:  # the next path starts from the default layout (bfloat16 went channels_last)
+        # The next path starts from float32 weights in the default layout (bfloat16 cast them in place and
+        # went channels_last).
+        for network, weights in zip(networks, float32_weights):
+            network.float().load_state_dict(weights)
             network.to(memory_format=torch.contiguous_format)
 
     if "channels_last" in paths:

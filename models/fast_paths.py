@@ -12,6 +12,10 @@ oneDNN's bfloat16 transposed convolutions and the classifiers' forward plus
 input gradient ran faster in that layout, while eager score networks ran
 slower (their GroupNorms); in float32 the layout gave no gain (README,
 Performance: the sampling benchmark's paths before and after this choice).
+Under bfloat16 the convolution and linear weights are also cast once, in place,
+instead of by autocast on every call: autocast caches no cast of a weight that
+does not require grad, so a frozen network paid for the cast of all its weights
+at every score call. The scores are the same bits (autocast rounds the same way).
 """
 import ctypes
 import sys
@@ -22,6 +26,9 @@ import torch.nn as nn
 from models.score_model import ScoreNet
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+# The layers whose weights autocast casts to the reduced precision (GroupNorm and the Fourier time features
+# stay float32: autocast keeps group_norm in float32, and sin(2π t W) needs W's float32 digits).
+CAST_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
 class AutocastScore(nn.Module):
@@ -53,7 +60,8 @@ def compile_in_place(networks):
 def fast_score_model(score_model, networks, compile_networks=False, precision="float32"):
     """`score_model` for sampling: each of its `networks` compiled in place if asked, and the whole
     evaluated under autocast when `precision` is not float32, its classifiers and compiled networks then in
-    channels_last (in place)."""
+    channels_last and the weights of its convolutions and linear layers cast to that precision (in place:
+    the networks inside `score_model` then belong to the sampler; call them only under autocast)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if compile_networks:
@@ -65,6 +73,9 @@ def fast_score_model(score_model, networks, compile_networks=False, precision="f
     for module in score_model.modules():  # eager score networks run slower in channels_last (their GroupNorms)
         if isinstance(module, ScoreNet) and not is_compiled(module):
             module.to(memory_format=torch.contiguous_format)
+    for module in score_model.modules():
+        if isinstance(module, CAST_LAYERS):
+            module.to(dtype)
     return AutocastScore(score_model, dtype)
 
 

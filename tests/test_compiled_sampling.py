@@ -61,3 +61,17 @@ def test_unknown_precision_is_rejected():
 def test_keep_freed_memory_takes_effect_where_malloc_is_glibc():
     on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is on_glibc
+
+
+def test_bfloat16_weights_cast_once_give_autocasts_scores():
+    """Casting conv and linear weights once gives the bits autocast's per-call casts give; the Fourier time
+    features and GroupNorms keep float32."""
+    _, composition, networks = tiny_composition()
+    composition.classifier.to(memory_format=torch.channels_last)  # the layout fast_score_model gives it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        per_call_casts = composition(X, T).float()
+    cast_once = fast_score_model(composition, networks, precision="bfloat16")
+    classifier, model = composition.classifier, composition.score_models[0]
+    assert classifier.trunk.fc1.weight.dtype == model.tconv1.weight.dtype == torch.bfloat16
+    assert model.embed[0].W.dtype == model.gnorm1.weight.dtype == classifier.trunk.embed[0].W.dtype == torch.float32
+    torch.testing.assert_close(cast_once(X, T), per_call_casts, rtol=0, atol=0)
