@@ -48,19 +48,24 @@ ONLY = None  # a regular expression: run only the stages whose name it matches (
 WALL_TIME_KEY = "whole run (wall time of the last reproduce.py call)"
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
+# Classifier trajectory pools at the cpu scale: 250 PC steps on the fast sampling path. At 100 steps the
+# terminal states are noise (the last Euler step overshoots: README, "Trajectory steps"), so the terminal loss
+# and the conditional classifier's soft targets were computed on noise.
+CPU_POOL_SAMPLING = ["--trajectory-steps", "250", "--compile", "--precision", "bfloat16"]
+
 SCALES = {
     "cpu": {
         "base_flags": ["--preset", "cpu"], "base_final_epoch": 11, "half_precision": True,
         # Trajectory pools: sampling is ~85% of classifier training on CPU, so one pool serves many steps.
-        "classifier_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "100",
+        "classifier_flags": [*CPU_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "100",
                              "--batch-size", "64", "--classifier-channels", "16", "32", "--test-samples", "100",
                              "--test-every", "50", "--ckpt-every", "50"],
         # 3-way: every pooled trajectory serves about 12 minibatches (reuse 50 x batch 64 / pool 256). Serving
         # each 87 times over 700 steps (reuse 350) collapsed the joint table onto its diagonal (README).
-        "three_way_flags": ["--trajectory-steps", "100", "--pool-size", "256", "--pool-reuse", "50",
+        "three_way_flags": [*CPU_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "50",
                             "--batch-size", "64", "--classifier-channels", "32", "48", "--test-samples", "100",
                             "--test-every", "50", "--ckpt-every", "50"],
-        "conditional_flags": ["--trajectory-steps", "100", "--pool-size", "64", "--pool-reuse", "50",
+        "conditional_flags": [*CPU_POOL_SAMPLING, "--pool-size", "64", "--pool-reuse", "50",
                               "--batch-size", "16", "--classifier-channels", "32", "32", "--test-samples", "32",
                               "--test-every", "25", "--ckpt-every", "25"],
         "classifier_steps": {"3way_classifier": 300, "3way_conditional_classifier": 100},
