@@ -275,16 +275,18 @@ def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
                     f"{report['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | "
                     f"{report['tv_of_exact_samples']['mean']:.3f} | {report['unrecognisable_share']:.1%} | "
                     f"[png]({out_dir.name}/{stem}.png) |")
-    times = ["| stage | wall time (s) |", "|---|---|"] + [f"| {name} | {seconds:.0f} |"
-                                                       for name, seconds in timings.items() if seconds >= 1]
+    timed = [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items() if seconds >= 1]
+    times = "\n".join(["| stage | wall time (s) |", "|---|---|", *timed])
     path = out_dir.parent / f"{out_dir.name}.md"
+    # No stage table when the run dir holds no timings (e.g. --summary-only over rows sampled elsewhere).
     path.write_text(f"Written by `python reproduce.py --scale {scale}` into `{Path(os.path.relpath(out_dir))}/` "
                     f"(README gives the full commands).\n\n" + "\n".join(rows)
-                    + "\n\nStage wall times (this machine):\n\n" + "\n".join(times) + "\n")
+                    + (f"\n\nStage wall times (this machine):\n\n{times}" if timed else "") + "\n")
     # README lives at the root: its grid links start there.
     links = f"]({out_dir.name}/", f"]({Path(os.path.relpath(out_dir))}/"
     update_readme(Path("README.md"), f"results:{out_dir.name}", "\n".join(rows).replace(*links))
-    update_readme(Path("README.md"), f"times:{out_dir.name}", "\n".join(times))
+    if timed:
+        update_readme(Path("README.md"), f"times:{out_dir.name}", times)
     return path
 
 

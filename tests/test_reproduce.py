@@ -146,6 +146,8 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
         in text
     assert text.count("pending") == len(reproduce.SHOWCASE) - 2
     assert "| base M1 | 100 |" in text and "export M1" not in text
+    # A run dir without timings (rows sampled elsewhere) gets no empty stage table.
+    assert "Stage wall times" not in reproduce.write_summary(out_dir, "cpu", {}).read_text()
 
 
 def test_summary_of_another_out_dir_leaves_readme_alone(tmp_path, monkeypatch):
