@@ -49,8 +49,8 @@ WALL_TIME_KEY = "whole run (wall time of the last reproduce.py call)"
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
 # Classifier trajectory pools at the cpu scale: 250 PC steps on the fast sampling path. At 100 steps the
-# terminal states are noise (the last Euler step overshoots: README, Performance, "Steps versus quality"), so the terminal loss
-# and the conditional classifier's soft targets were computed on noise.
+# terminal states are noise (the last Euler step overshoots: README, Performance, "Steps versus quality"),
+# so the terminal loss and the conditional classifier's soft targets were computed on noise.
 CPU_POOL_SAMPLING = ["--trajectory-steps", "250", "--compile", "--precision", "bfloat16"]
 
 SCALES = {
