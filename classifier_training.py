@@ -41,8 +41,8 @@ TIME_BANDS = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
 EVAL_CHUNK = 256  # images per classifier call when testing
 
 # Flags every script has that must be > 0 (each script checks those it has).
-POSITIVE = ["STEPS", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "LR", "LR_DECAY",
-            "TARGET_UPDATE_EVERY", "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY",
+POSITIVE = ["STEPS", "STEP_FRACTION", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "LR",
+            "LR_DECAY", "TARGET_UPDATE_EVERY", "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY",
             "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "GEN_CKPT_EPOCH", "GUIDANCE_SCALE"]
 
 
@@ -61,6 +61,8 @@ def parse_config(namespace, names, description, argv=None, choices=None):
                         f"a minibatch is drawn from the pool, so pass a batch size <= the pool size")
     if config["LR_DECAY"] > 1.0:
         raise UserError(f"--lr-decay must be in (0, 1] (1 = constant learning rate), got {config['LR_DECAY']}")
+    if config.get("STEP_FRACTION", 1.0) > 1.0:
+        raise UserError(f"--step-fraction must be in (0, 1], got {config['STEP_FRACTION']}")
     if config.get("WARMUP_STEPS", 0) < 0:
         raise UserError(f"--warmup-steps must be >= 0, got {config['WARMUP_STEPS']}")
     if len(config["CLASSIFIER_CHANNELS"]) != 2:
@@ -186,9 +188,10 @@ def _times_like(time, count, device):
 
 
 def joint_training_loss(classifier, target, trajectories, samples, non_terminal, terminal_scale=1.0,
-                        generator=None):
+                        step_fraction=JOINT_STEP_FRACTION, generator=None):
     """Loss of a joint classifier on trajectories (labels = source index): terminal cross-entropy, plus the
-    bootstrapped non-terminal loss on a random 10% of the steps with t <= 0.7 when `non_terminal`.
+    bootstrapped non-terminal loss on a random `step_fraction` of the steps with t <= 0.7 (the reference: 10%)
+    when `non_terminal`.
     Returns (loss, {"terminal": ..., "non_terminal": ...}) with float parts for logging."""
     device = trajectories.states.device
     labels = trajectories.sources[samples.to(device)]
@@ -199,7 +202,7 @@ def joint_training_loss(classifier, target, trajectories, samples, non_terminal,
     parts = {"terminal": terminal.item()}
     if not non_terminal:
         return terminal, parts
-    steps = select_steps(trajectories.times, JOINT_STEP_FRACTION, include_last=False, generator=generator)
+    steps = select_steps(trajectories.times, step_fraction, include_last=False, generator=generator)
     if len(steps) == 0:
         parts["non_terminal"] = 0.0
         return terminal, parts
@@ -208,7 +211,7 @@ def joint_training_loss(classifier, target, trajectories, samples, non_terminal,
     x_t = trajectories.gather(steps, samples).flatten(0, 1)  # step-major: step k's minibatch is block k
     t = trajectories.times[steps.to(device)].repeat_interleave(len(samples))
     non_terminal_loss = joint_non_terminal_loss(classifier(x_t, t), soft_targets.repeat(len(steps), 1, 1),
-                                                len(samples), trajectories.num_steps)
+                                                len(samples), trajectories.num_steps, step_fraction=step_fraction)
     parts["non_terminal"] = non_terminal_loss.item()
     return terminal + non_terminal_loss, parts
 
@@ -405,7 +408,8 @@ def train_joint_classifier(config, gen_idxs, classifier_class):
         samples = pool.draw(config["BATCH_SIZE"], draw_generator)
         return joint_training_loss(classifier, target, pool.trajectories, samples,
                                    non_terminal=step > config["WARMUP_STEPS"],
-                                   terminal_scale=config["TERMINAL_LOSS_SCALE"], generator=draw_generator)
+                                   terminal_scale=config["TERMINAL_LOSS_SCALE"],
+                                   step_fraction=config["STEP_FRACTION"], generator=draw_generator)
 
     run_test = make_tester(config, classifier, lambda x, t, _: marginal_log_probs(classifier(x, t)), test,
                            F.one_hot(test.sources, len(gen_idxs)).float(), list(gen_idxs))

@@ -61,8 +61,10 @@ SCALES = {
                              "--batch-size", "64", "--classifier-channels", "16", "32", "--test-samples", "100",
                              "--test-every", "50", "--ckpt-every", "50"],
         # 3-way: every pooled trajectory serves about 12 minibatches (reuse 50 x batch 64 / pool 256). Serving
-        # each 87 times over 700 steps (reuse 350) collapsed the joint table onto its diagonal (README).
-        "three_way_flags": [*CPU_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "50",
+        # each 87 times over 700 steps (reuse 350) collapsed the joint table onto its diagonal (README). The
+        # non-terminal loss trains on 4% of the steps with t <= 0.7 (the reference: 10% of 500): 7 states per
+        # trajectory, as the 100-step pools had; 10% of 250 steps made this the longest stage (README).
+        "three_way_flags": [*CPU_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "50", "--step-fraction", "0.04",
                             "--batch-size", "64", "--classifier-channels", "32", "48", "--test-samples", "100",
                             "--test-every", "50", "--ckpt-every", "50"],
         "conditional_flags": [*CPU_POOL_SAMPLING, "--pool-size", "64", "--pool-reuse", "50",

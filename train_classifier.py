@@ -23,6 +23,7 @@ GEN_CKPT_DIR = "checkpoints"
 GEN_CKPT_EPOCH = 195  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
 STEPS = 200
 WARMUP_STEPS = 100  # terminal loss only for these first steps
+STEP_FRACTION = 0.1  # share of the steps with t <= 0.7 the non-terminal loss trains on per optimizer step
 BATCH_SIZE = 128  # trajectories per model in each optimizer step
 POOL_SIZE = 128  # trajectories per model sampled at once (reference: = BATCH_SIZE)
 POOL_REUSE = 1  # optimizer steps served by one pool before it is resampled (reference: 1)
@@ -47,11 +48,11 @@ SEED = 0
 DEVICE = "auto"
 OVERWRITE = False
 
-OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "STEPS", "WARMUP_STEPS", "BATCH_SIZE",
-               "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "COMPILE", "PRECISION", "LR", "LR_DECAY",
-               "TARGET_UPDATE_EVERY", "TERMINAL_LOSS_SCALE", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM",
-               "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED",
-               "DEVICE", "OVERWRITE"]
+OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "STEPS", "WARMUP_STEPS", "STEP_FRACTION",
+               "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "COMPILE", "PRECISION", "LR",
+               "LR_DECAY", "TARGET_UPDATE_EVERY", "TERMINAL_LOSS_SCALE", "CLASSIFIER_CHANNELS", "EMBED_DIM",
+               "T_EMBED_DIM", "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR",
+               "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE"]
 
 
 def main(argv=None):

@@ -58,6 +58,9 @@ def test_non_terminal_loss_is_a_cell_mean_per_step_with_the_reference_weight():
     loss = joint_non_terminal_loss(log_probs, targets, batch, num_steps)
     # each step: -mean over batch x 4 cells of w log(1/4) = log(4) / 4; weight 1 / (N * 0.3 * 0.1)
     assert math.isclose(float(loss), steps * math.log(4) / 4 / (num_steps * 0.3 * 0.1), rel_tol=1e-5)
+    # a smaller share of the steps (--step-fraction) is weighted up, so the expected loss stays the same
+    fewer = joint_non_terminal_loss(log_probs, targets, batch, num_steps, step_fraction=0.04)
+    assert math.isclose(float(fewer), float(loss) * 0.1 / 0.04, rel_tol=1e-5)
 
 
 def test_conditional_loss_is_a_sum_with_the_reference_weight_and_divisor():
@@ -256,6 +259,7 @@ def test_train_conditional_classifier_on_compositions(fast_path, tiny_base_check
      "j.pth not found; create it with train_3way_classifier.py"),
     (train_classifier, ["--batch-size", "4", "--pool-size", "2"], "--batch-size 4 is larger than --pool-size 2"),
     (train_classifier, ["--pool-reuse", "0"], "--pool-reuse must be positive"),
+    (train_classifier, ["--step-fraction", "1.5"], "--step-fraction must be in"),
     (train_classifier, ["--gen-idx-2", "1"], "mix grey and coloured"),
 ])
 def test_bad_input_is_one_user_error(script, args, message, tiny_base_checkpoints, tmp_path):
