@@ -70,11 +70,10 @@ def fast_score_model(score_model, networks, compile_networks=False, precision="f
     if dtype is None:
         return score_model
     score_model.to(memory_format=torch.channels_last)  # only 4-D weights change; state_dict keys stay
-    for module in score_model.modules():  # eager score networks run slower in channels_last (their GroupNorms)
-        if isinstance(module, ScoreNet) and not is_compiled(module):
-            module.to(memory_format=torch.contiguous_format)
     for module in score_model.modules():
-        if isinstance(module, CAST_LAYERS):
+        if isinstance(module, ScoreNet) and not is_compiled(module):  # eager ones run slower in channels_last
+            module.to(memory_format=torch.contiguous_format)  # (their GroupNorms)
+        elif isinstance(module, CAST_LAYERS):
             module.to(dtype)
     return AutocastScore(score_model, dtype)
 
