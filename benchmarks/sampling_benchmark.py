@@ -9,12 +9,13 @@ given channels, batch, steps and device, this measures in one run:
   - composed: PC sampling of the composition, eager float32; ratio = composed / bare;
   - fast paths, each as a speed-up over bare (> 1 is faster) with the largest
     score difference to eager float32 (bare runs on eager copies of the
-    networks): channels_last memory format; bfloat16 autocast with
+    networks): channels_last memory format (the classifiers with the matching
+    feature order, models/fast_paths.set_layout); bfloat16 autocast with
     channels_last and the weights cast once (what --precision bfloat16 does,
     models/fast_paths.py); the score networks compiled
     in place (torch.compile, float32; what --compile does); compiled +
     bfloat16; every network compiled, classifiers included ("compiled_all",
-    float32);
+    float32), and that under bfloat16 ("compiled_all_bfloat16");
   - base models batched: the base models' forwards as one torch.func.vmap call
     over their stacked weights, against the separate calls (bare, base models only);
   - inference_mode: the base models' forwards under inference_mode against no_grad.
@@ -42,7 +43,7 @@ from cli import override_globals, run_main  # noqa: E402
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier,  # noqa: E402
                                      ThreeWayJointYClassifier)
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition  # noqa: E402
-from models.fast_paths import fast_score_model, malloc_setting  # noqa: E402
+from models.fast_paths import fast_score_model, malloc_setting, set_layout  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import pc_sampler  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -55,7 +56,7 @@ CONDITIONAL_CHANNELS = [32, 32]
 BATCH_SIZE = 64
 NUM_STEPS = 20
 CASES = ["single", "binary", "three_way"]
-FAST_PATHS = ["channels_last", "bfloat16", "compiled", "compiled_bfloat16", "compiled_all"]
+FAST_PATHS = ["channels_last", "bfloat16", "compiled", "compiled_bfloat16", "compiled_all", "compiled_all_bfloat16"]
 REPEATS = 5  # each time is the fastest of this many runs, alternated with the bare floor
 THREADS = 0  # 0 = torch's default
 KEEP_FREED_MEMORY = True  # as every script: malloc keeps freed memory (False: glibc's default)
@@ -205,11 +206,11 @@ def benchmark_case(case, config, sde, device):
         # went channels_last).
         for network, weights in zip(networks, float32_weights):
             network.float().load_state_dict(weights)
-            network.to(memory_format=torch.contiguous_format)
+            set_layout(network, channels_last=False)
 
     if "channels_last" in paths:
         for network in networks:
-            network.to(memory_format=torch.channels_last)
+            set_layout(network, channels_last=True)
         measure("channels_last", score_model)
     if "bfloat16" in paths:
         measure("bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
@@ -222,6 +223,9 @@ def benchmark_case(case, config, sde, device):
         measure("compiled_bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
     if "compiled_all" in paths and classifiers:
         measure("compiled_all", fast_score_model(score_model, [c for c, _ in classifiers], compile_networks=True))
+    if "compiled_all_bfloat16" in paths and classifiers:
+        measure("compiled_all_bfloat16", fast_score_model(score_model, [c for c, _ in classifiers],
+                                                          compile_networks=True, precision="bfloat16"))
     result["fast_paths"] = fast
     return result
 

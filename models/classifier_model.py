@@ -81,6 +81,31 @@ def marginal_log_probs(joint: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(joint, dim=2)
 
 
+def _permute_image_columns(weight, channels, to_channels_last):
+    """fc1's weight with its image-feature columns reordered between flattening orders (c, h, w) and (h, w, c);
+    the time and label columns after them stay."""
+    size = channels * IMAGE_FEATURE_SIZE ** 2
+    image = weight[:, :size].reshape(len(weight), channels, IMAGE_FEATURE_SIZE, IMAGE_FEATURE_SIZE)
+    image = image.permute(0, 2, 3, 1) if to_channels_last else \
+        image.reshape(len(weight), IMAGE_FEATURE_SIZE, IMAGE_FEATURE_SIZE, channels).permute(0, 3, 1, 2)
+    return torch.cat([image.reshape(len(weight), size), weight[:, size:]], dim=1)
+
+
+def _state_dict_in_reference_order(trunk, state_dict, prefix, local_metadata):
+    if trunk.features_channels_last:
+        key = prefix + "fc1.weight"
+        state_dict[key] = _permute_image_columns(state_dict[key].detach(), trunk.conv2.out_channels, False)
+
+
+def _load_in_reference_order(trunk, state_dict, prefix, *args):
+    trunk.reorder_after_load = trunk.features_channels_last
+    trunk.use_channels_last_features(False)
+
+
+def _restore_order_after_load(trunk, incompatible_keys):
+    trunk.use_channels_last_features(trunk.reorder_after_load)
+
+
 class _TimeConditionedCNN(nn.Module):
     """The shared trunk: two convs, max-pool, two linear layers; the time (and label) embedding joins fc1."""
 
@@ -94,12 +119,30 @@ class _TimeConditionedCNN(nn.Module):
         self.fc1 = nn.Linear(IMAGE_FEATURE_SIZE ** 2 * c1 + t_embed_dim + y_embed_dim, HIDDEN_DIM)
         self.fc2 = nn.Linear(HIDDEN_DIM + y_embed_dim, embed_dim)
         self.embed = nn.Sequential(GaussianFourierProjection(t_embed_dim), nn.Linear(t_embed_dim, t_embed_dim))
+        self.features_channels_last = False
+        # state_dict() and load_state_dict() always speak the reference's (c, h, w) column order of fc1.
+        self.register_state_dict_post_hook(_state_dict_in_reference_order)
+        self.register_load_state_dict_pre_hook(_load_in_reference_order)
+        self.register_load_state_dict_post_hook(_restore_order_after_load)
+
+    def use_channels_last_features(self, enabled=True):
+        """Flatten the pooled features in (h, w, c) order, fc1's columns permuted to match, in place.
+
+        In channels_last memory that flatten is a view, where the (c, h, w) order costs a copy forward and
+        another in the max-pool's backward (models/fast_paths.py). The function is the same.
+        """
+        if enabled != self.features_channels_last:
+            with torch.no_grad():
+                self.fc1.weight.copy_(_permute_image_columns(self.fc1.weight, self.conv2.out_channels, enabled))
+            self.features_channels_last = enabled
 
     def encode(self, x, t, label_features):
         """`label_features`: [] or [y_embed], appended to the inputs of fc1 and fc2."""
         embed = swish(self.embed(t))
-        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
-        h = torch.flatten(self.dropout1(h), 1)
+        # max-pool before the ReLU: the same function (ReLU is monotone), with the ReLU on a 4x smaller tensor
+        h = F.relu(F.max_pool2d(self.conv2(F.relu(self.conv1(x))), 2))
+        h = self.dropout1(h)
+        h = h.permute(0, 2, 3, 1).flatten(1) if self.features_channels_last else h.flatten(1)
         h = self.dropout2(F.relu(self.fc1(torch.cat([h, embed, *label_features], dim=1))))
         return self.fc2(torch.cat([h, *label_features], dim=1))
 

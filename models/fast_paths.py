@@ -16,6 +16,10 @@ Under bfloat16 the convolution and linear weights are also cast once, in place,
 instead of by autocast on every call: autocast caches no cast of a weight that
 does not require grad, so a frozen network paid for the cast of all its weights
 at every score call. The scores are the same bits (autocast rounds the same way).
+The classifier trunks then also flatten their pooled features in (h, w, c) order,
+fc1's columns permuted to match (a view in channels_last: the (c, h, w) flatten
+cost a copy forward and two in the max-pool's backward); their state_dict()
+keeps the reference order.
 """
 import ctypes
 import sys
@@ -69,13 +73,22 @@ def fast_score_model(score_model, networks, compile_networks=False, precision="f
     dtype = PRECISIONS[precision]
     if dtype is None:
         return score_model
-    score_model.to(memory_format=torch.channels_last)  # only 4-D weights change; state_dict keys stay
+    set_layout(score_model, channels_last=True)
     for module in score_model.modules():
         if isinstance(module, ScoreNet) and not is_compiled(module):  # eager ones run slower in channels_last
             module.to(memory_format=torch.contiguous_format)  # (their GroupNorms)
         elif isinstance(module, CAST_LAYERS):
             module.to(dtype)
     return AutocastScore(score_model, dtype)
+
+
+def set_layout(network, channels_last: bool):
+    """channels_last memory for `network`'s 4-D weights (state_dict keys stay) and its classifier trunks' matching
+    (h, w, c) feature order, in place; or, with False, back to the default layout and the reference order."""
+    network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    for module in network.modules():
+        if hasattr(module, "use_channels_last_features"):
+            module.use_channels_last_features(channels_last)
 
 
 def is_compiled(network) -> bool:

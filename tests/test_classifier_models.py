@@ -1,4 +1,5 @@
 """Classifier networks (SPEC §4): checkpoint format, normalised log-prob tables, config inference."""
+import copy
 import math
 
 import pytest
@@ -152,3 +153,37 @@ def test_load_classifier_errors(tmp_path):
         load_classifier(path, ThreeWayJointYClassifier, "cpu", made_by="train_3way_classifier.py")
     with pytest.raises(ValueError, match="not a classifier"):
         classifier_config_from_state_dict({"conv1.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_channels_last_features_keep_the_function_and_the_checkpoint_format(cls):
+    """The fast path's (h, w, c) flatten with fc1's columns permuted: the same log-probs and input gradients in
+    either memory format; state_dict() and load_state_dict() keep the reference's column order."""
+    torch.manual_seed(0)
+    reference = cls(**SMALL).eval()
+    reference_state = {k: v.clone() for k, v in reference.state_dict().items()}
+    fast = copy.deepcopy(reference)
+    fast.trunk.use_channels_last_features()
+    fast.trunk.use_channels_last_features()  # a second call changes nothing
+    assert not torch.equal(fast.trunk.fc1.weight, reference.trunk.fc1.weight)
+    x, t = torch.randn(5, 3, 28, 28), torch.rand(5)
+
+    def log_probs_and_input_gradient(model, x):
+        x = x.detach().requires_grad_(True)
+        log_probs = classify(model, x, t)
+        return log_probs, torch.autograd.grad(log_probs.flatten(1)[:, 0].sum(), x)[0]
+
+    expected = log_probs_and_input_gradient(reference, x)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for actual, wanted in zip(log_probs_and_input_gradient(fast.to(memory_format=layout),
+                                                               x.contiguous(memory_format=layout)), expected):
+            torch.testing.assert_close(actual, wanted, rtol=1e-5, atol=1e-6)
+    state = fast.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in reference_state.items())
+    fresh = cls(**SMALL)
+    fresh.trunk.use_channels_last_features()
+    fresh.load_state_dict(reference_state)  # loads into the permuted order, and leaves the dict as it was
+    assert fresh.trunk.features_channels_last and torch.equal(fresh.trunk.fc1.weight, fast.trunk.fc1.weight)
+    assert all(torch.equal(reference_state[k], v) for k, v in reference.state_dict().items())
+    fast.trunk.use_channels_last_features(False)
+    assert torch.equal(fast.trunk.fc1.weight, reference.trunk.fc1.weight)

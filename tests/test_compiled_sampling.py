@@ -45,6 +45,7 @@ def test_bfloat16_autocast_is_close_and_returns_float32():
     assert isinstance(autocast_model, AutocastScore) and autocast_model.input_channels == 3
     # The eager classifier goes channels_last; eager score networks stay contiguous (faster so on CPU).
     assert composition.classifier.trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert composition.classifier.trunk.features_channels_last  # its flatten is then a view
     assert all(model.conv2.weight.is_contiguous() for model in composition.score_models)
     reduced = autocast_model(X, T)
     assert reduced.dtype == torch.float32
