@@ -98,6 +98,7 @@ def _state_dict_in_reference_order(trunk, state_dict, prefix, local_metadata):
 
 
 def _load_in_reference_order(trunk, state_dict, prefix, *args):
+    """Checkpoints hold the reference order: load into it, then restore the trunk's order (next hook)."""
     trunk.reorder_after_load = trunk.features_channels_last
     trunk.use_channels_last_features(False)
 
@@ -119,7 +120,7 @@ class _TimeConditionedCNN(nn.Module):
         self.fc1 = nn.Linear(IMAGE_FEATURE_SIZE ** 2 * c1 + t_embed_dim + y_embed_dim, HIDDEN_DIM)
         self.fc2 = nn.Linear(HIDDEN_DIM + y_embed_dim, embed_dim)
         self.embed = nn.Sequential(GaussianFourierProjection(t_embed_dim), nn.Linear(t_embed_dim, t_embed_dim))
-        self.features_channels_last = False
+        self.features_channels_last = self.reorder_after_load = False
         # state_dict() and load_state_dict() always speak the reference's (c, h, w) column order of fc1.
         self.register_state_dict_post_hook(_state_dict_in_reference_order)
         self.register_load_state_dict_pre_hook(_load_in_reference_order)
@@ -129,7 +130,7 @@ class _TimeConditionedCNN(nn.Module):
         """Flatten the pooled features in (h, w, c) order, fc1's columns permuted to match, in place.
 
         In channels_last memory that flatten is a view, where the (c, h, w) order costs a copy forward and
-        another in the max-pool's backward (models/fast_paths.py). The function is the same.
+        more in the max-pool's backward (models/fast_paths.py). The function is the same.
         """
         if enabled != self.features_channels_last:
             with torch.no_grad():
