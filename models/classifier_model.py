@@ -97,14 +97,12 @@ def _state_dict_in_reference_order(trunk, state_dict, prefix, local_metadata):
         state_dict[key] = _permute_image_columns(state_dict[key].detach(), trunk.conv2.out_channels, False)
 
 
-def _load_in_reference_order(trunk, state_dict, prefix, *args):
-    """Checkpoints hold the reference order: load into it, then restore the trunk's order (next hook)."""
-    trunk.reorder_after_load = trunk.features_channels_last
-    trunk.use_channels_last_features(False)
-
-
-def _restore_order_after_load(trunk, incompatible_keys):
-    trunk.use_channels_last_features(trunk.reorder_after_load)
+def _load_into_current_order(trunk, state_dict, prefix, *args):
+    """Checkpoints hold the reference order. load_state_dict hands hooks its own copy of the dict, and fc1 reads
+    its entry from it after this hook, so the caller's dict stays as it was."""
+    key = prefix + "fc1.weight"
+    if trunk.features_channels_last and key in state_dict:
+        state_dict[key] = _permute_image_columns(state_dict[key], trunk.conv2.out_channels, True)
 
 
 class _TimeConditionedCNN(nn.Module):
@@ -120,11 +118,10 @@ class _TimeConditionedCNN(nn.Module):
         self.fc1 = nn.Linear(IMAGE_FEATURE_SIZE ** 2 * c1 + t_embed_dim + y_embed_dim, HIDDEN_DIM)
         self.fc2 = nn.Linear(HIDDEN_DIM + y_embed_dim, embed_dim)
         self.embed = nn.Sequential(GaussianFourierProjection(t_embed_dim), nn.Linear(t_embed_dim, t_embed_dim))
-        self.features_channels_last = self.reorder_after_load = False
+        self.features_channels_last = False
         # state_dict() and load_state_dict() always speak the reference's (c, h, w) column order of fc1.
         self.register_state_dict_post_hook(_state_dict_in_reference_order)
-        self.register_load_state_dict_pre_hook(_load_in_reference_order)
-        self.register_load_state_dict_post_hook(_restore_order_after_load)
+        self.register_load_state_dict_pre_hook(_load_into_current_order)
 
     def use_channels_last_features(self, enabled=True):
         """Flatten the pooled features in (h, w, c) order, fc1's columns permuted to match, in place.
