@@ -29,7 +29,9 @@ from typing import Callable
 
 import torch
 
+import train_diffusion
 from cli import UserError, override_globals, run_main
+from custom_datasets import BASE_DATASETS
 from models.fast_paths import PRECISIONS
 from utils import atomic_save, composition_stem, ensure_writable_dir, half_state_dict
 
@@ -55,11 +57,14 @@ CPU_POOL_SAMPLING = ["--trajectory-steps", "250", "--compile", "--precision", "b
 
 SCALES = {
     "cpu": {
-        "base_flags": ["--preset", "cpu"], "base_final_epoch": 11, "half_precision": True,
+        "base_presets": {3: "cpu", 1: "cpu-grey"}, "half_precision": True,  # train_diffusion presets by channels
         # Trajectory pools: sampling is ~85% of classifier training on CPU, so one pool serves many steps.
         "classifier_flags": [*CPU_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "100",
                              "--batch-size", "64", "--classifier-channels", "16", "32", "--test-samples", "100",
                              "--test-every", "50", "--ckpt-every", "50"],
+        # The 1/2 classifier has to tell digits apart: with the reference's 0.97 decay per step the step size
+        # is spent by step 100 and its marginals on test digits were off by 0.24; 0.99 halved that (README).
+        "subdigits_classifier_flags": ["--lr-decay", "0.99"],
         # 3-way: every pooled trajectory serves about 12 minibatches (reuse 50 x batch 64 / pool 256). Serving
         # each 87 times over 700 steps (reuse 350) collapsed the joint table onto its diagonal (README). The
         # non-terminal loss trains on 4% of the steps with t <= 0.7 (the reference: 10% of 500): 7 states per
@@ -77,8 +82,8 @@ SCALES = {
         "jobs": 2,  # two one-thread stages at a time on a 2-core machine
     },
     "paper": {
-        "base_flags": [], "base_final_epoch": REFERENCE_EPOCH, "half_precision": False,
-        "classifier_flags": [], "three_way_flags": [], "conditional_flags": [], "classifier_steps": {},
+        "base_presets": {3: "paper", 1: "paper"}, "half_precision": False,
+        "classifier_flags": [], "subdigits_classifier_flags": [], "three_way_flags": [], "conditional_flags": [], "classifier_steps": {},
         "sample_flags": ["--num-steps", "500", "--batch-size", "128"],
         "precision": "float32", "jobs": 1,
     },
@@ -231,6 +236,12 @@ def last_progress(log: Path) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", (outer or lines or ["starting"])[-1])
 
 
+def final_epoch(preset: str) -> int:
+    """The epoch of the base-model checkpoint that is exported: the reference's 195, or the last epoch of a
+    shorter run."""
+    return min(train_diffusion.PRESETS[preset].get("EPOCHS", train_diffusion.EPOCHS) - 1, REFERENCE_EPOCH)
+
+
 def export_checkpoint(source: Path, target: Path, half: bool):
     state = torch.load(source, map_location="cpu", weights_only=True)
     atomic_save(half_state_dict(state) if half else state, target)
@@ -324,11 +335,12 @@ def main(argv=None):
         return
 
     def train_base_model(g):
-        final = run_dir / f"gen_{g}_ckpt_{settings['base_final_epoch']}.pth"
+        preset = settings["base_presets"][BASE_DATASETS[g][0]]
+        final = run_dir / f"gen_{g}_ckpt_{final_epoch(preset)}.pth"
         exported = export_dir / f"gen_{g}_ckpt_{REFERENCE_EPOCH}.pth"
         resume = ["--resume"] if (run_dir / f"gen_{g}_train_state.pth").exists() else ["--overwrite"]
         trained = pipeline.stage(f"base {g}", [final], ["train_diffusion.py", "--gen-idx", g, "--ckpt-dir",
-                                                        str(run_dir), *settings["base_flags"], *resume])
+                                                        str(run_dir), "--preset", preset, *resume])
         return pipeline.stage(f"export {g}", [exported], after=[trained],
                               action=lambda: export_checkpoint(final, exported, settings["half_precision"]))
 
@@ -359,7 +371,8 @@ def main(argv=None):
     exports.update({g: train_base_model(g) for g in ["1", "2"]})
     subdigits = train_classifier("classifier 1/2", "subdigits_classifier", 200,
                                  ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2",
-                                  "--classifier-name", "subdigits_classifier", *settings["classifier_flags"]],
+                                  "--classifier-name", "subdigits_classifier", *settings["classifier_flags"],
+                                  *settings["subdigits_classifier_flags"]],
                                  after=[exports["1"], exports["2"]])
 
     sample_flags = [*settings["sample_flags"], "--precision", precision]

@@ -38,6 +38,12 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--steps 300" in three_way
     conditional = next(line for line in lines if line.startswith("[run ] 3-way conditional classifier"))
     assert "3way_classifier_ckpt_700.pth" in conditional
+    # Grey base models train with the cpu-grey preset (24 epochs), coloured ones with the cpu preset; only the
+    # 1/2 classifier decays its step size more slowly.
+    assert "--preset cpu-grey" in next(line for line in lines if line.startswith("[run ] base 1:"))
+    assert "--preset cpu " in next(line for line in lines if line.startswith("[run ] base MN1:"))
+    assert "--lr-decay 0.99" in next(line for line in lines if line.startswith("[run ] classifier 1/2:"))
+    assert "--lr-decay" not in next(line for line in lines if line.startswith("[run ] classifier M1/M2:"))
 
     # --only runs the matching stages alone.
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--only", "_g1$"])
@@ -45,9 +51,11 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
 
     # A finished base model is skipped; a half-finished one resumes.
     (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")
+    (tmp_path / "run" / "gen_1_ckpt_23.pth").write_bytes(b"")  # the last of the cpu-grey preset's 24 epochs
     (tmp_path / "run" / "gen_M2_train_state.pth").write_bytes(b"")
     lines = stage_lines(capsys, ["--dry-run", *dirs])
     assert any(line.startswith("[skip] base M1:") for line in lines)
+    assert any(line.startswith("[skip] base 1:") for line in lines)
     assert any(line.startswith("[run ] export M1") for line in lines)  # its export is missing
     assert "--resume" in next(line for line in lines if line.startswith("[run ] base M2"))
 
