@@ -83,7 +83,8 @@ SCALES = {
     },
     "paper": {
         "base_presets": {3: "paper", 1: "paper"}, "half_precision": False,
-        "classifier_flags": [], "subdigits_classifier_flags": [], "three_way_flags": [], "conditional_flags": [], "classifier_steps": {},
+        "classifier_flags": [], "subdigits_classifier_flags": [], "three_way_flags": [], "conditional_flags": [],
+        "classifier_steps": {},
         "sample_flags": ["--num-steps", "500", "--batch-size", "128"],
         "precision": "float32", "jobs": 1,
     },

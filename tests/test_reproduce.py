@@ -44,6 +44,8 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--preset cpu " in next(line for line in lines if line.startswith("[run ] base MN1:"))
     assert "--lr-decay 0.99" in next(line for line in lines if line.startswith("[run ] classifier 1/2:"))
     assert "--lr-decay" not in next(line for line in lines if line.startswith("[run ] classifier M1/M2:"))
+    # The exported epoch: the last of a short preset's run, else the reference's 195 (of 200 epochs).
+    assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-grey", "paper"]] == [11, 23, 195]
 
     # --only runs the matching stages alone.
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--only", "_g1$"])
