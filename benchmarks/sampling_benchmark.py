@@ -149,7 +149,8 @@ def alternating(first, second, device, repeats):
 
 def benchmark_case(case, config, sde, device):
     score_model, models, classifiers = build_case(case, config, sde, device)
-    networks = [*models, *(classifier for classifier, _ in classifiers)]
+    classifier_networks = [classifier for classifier, _ in classifiers]
+    networks = [*models, *classifier_networks]
     # The floor runs on eager float32 copies, untouched when the fast paths compile the originals in place.
     bare_models, bare_classifiers = copy.deepcopy(models), copy.deepcopy(classifiers)
     batch, steps, repeats = config["BATCH_SIZE"], config["NUM_STEPS"], config["REPEATS"]
@@ -222,9 +223,9 @@ def benchmark_case(case, config, sde, device):
     if "compiled_bfloat16" in paths:
         measure("compiled_bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
     if "compiled_all" in paths and classifiers:
-        measure("compiled_all", fast_score_model(score_model, [c for c, _ in classifiers], compile_networks=True))
+        measure("compiled_all", fast_score_model(score_model, classifier_networks, compile_networks=True))
     if "compiled_all_bfloat16" in paths and classifiers:
-        measure("compiled_all_bfloat16", fast_score_model(score_model, [c for c, _ in classifiers],
+        measure("compiled_all_bfloat16", fast_score_model(score_model, classifier_networks,
                                                           compile_networks=True, precision="bfloat16"))
     result["fast_paths"] = fast
     return result

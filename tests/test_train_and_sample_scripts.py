@@ -63,8 +63,8 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
 
 
 def test_bfloat16_compiled_training_keeps_the_checkpoint_format(data_root, tmp_path):
-    """--compile --precision bfloat16 (the cpu-grey preset's; the cpu preset stays float32) trains float32 weights with the
-    reference's keys, and a resume must keep the precision it started with."""
+    """--compile --precision bfloat16 (the cpu-grey preset's; the cpu preset stays float32) trains float32 weights
+    with the reference's keys, and a resume must keep the precision it started with."""
     train_diffusion.main(TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1",
                                  "--compile", "--precision", "bfloat16"])
     state = torch.load(tmp_path / "gen_M1_ckpt_0.pth")
