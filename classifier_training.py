@@ -137,13 +137,14 @@ def every_nth_step(stride):
 
 
 def sample_trajectories(sources, count, num_steps, keep, sde, snr, device, generator=None, progress=True,
-                        shape=None):
+                        shape=None, denoise_last_step=False):
     """`count` PC-sampler trajectories of each source, storing only the grid steps where keep(grid) is true.
     `shape` of one sample defaults to an image with the source's input_channels."""
     kept_states, times = [], None
     for source in sources:
         _, trajectory, grid = pc_trajectory_sampler(source, sde, count, num_steps, snr, shape=shape, device=device,
-                                                    generator=generator, progress=progress)
+                                                    generator=generator, progress=progress,
+                                                    denoise_last_step=denoise_last_step)
         kept = torch.nonzero(keep(grid)).flatten()
         kept_states.append(trajectory[kept])  # a copy, so the full trajectory is freed
         times = grid[kept]
@@ -373,7 +374,7 @@ def fit(config, classifier, training_loss, run_test, counters=None):
 def trajectory_sampler(sources, config, sde, device):
     """sample(count, keep): `count` trajectories of each source score model, from one seeded generator, on
     the sample scripts' fast path when COMPILE or PRECISION ask for it (the base score networks compiled;
-    autocast)."""
+    autocast), ending with a denoising step when DENOISE_LAST_STEP asks for it."""
     generator = torch.Generator(device=device).manual_seed(config["SEED"])
     if config["COMPILE"]:
         compile_in_place(m for source in sources for m in source.modules() if isinstance(m, ScoreNet))
@@ -381,7 +382,7 @@ def trajectory_sampler(sources, config, sde, device):
 
     def sample(count, keep):
         return sample_trajectories(sources, count, config["TRAJECTORY_STEPS"], keep, sde, config["SNR"], device,
-                                   generator)
+                                   generator, denoise_last_step=config["DENOISE_LAST_STEP"])
 
     return sample
 

@@ -20,13 +20,14 @@ def flag_name(global_name: str) -> str:
 
 
 def override_globals(namespace: dict, names, description: str, argv=None, positive=(), choices=None,
-                     help_text=None, positional=()):
+                     help_text=None, positional=(), optional_bools=()):
     """Parse argv into the globals `names` of `namespace` (a module's globals()).
 
     Names in `positional` may also be given as an optional positional argument.
 
     A global's type follows its default: bool -> --x/--no-x, list/tuple -> one
-    or more values of the first element's type, None -> string (or none).
+    or more values of the first element's type, None -> string (or none); a
+    name in `optional_bools` (default None: unset) -> --x/--no-x.
     `positive` names must be > 0; `choices` maps a name to its allowed values.
     """
     choices = choices or {}
@@ -36,7 +37,7 @@ def override_globals(namespace: dict, names, description: str, argv=None, positi
     for name in names:
         default = namespace[name]
         kwargs = {"default": default, "dest": name, "help": help_text.get(name, name)}
-        if isinstance(default, bool):
+        if isinstance(default, bool) or name in optional_bools:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, (list, tuple)):
             kwargs.update(nargs="+", type=type(default[0]) if default else str)

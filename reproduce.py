@@ -31,7 +31,6 @@ import torch
 
 import train_diffusion
 from cli import UserError, override_globals, run_main
-from custom_datasets import BASE_DATASETS
 from models.fast_paths import PRECISIONS
 from utils import atomic_save, composition_stem, ensure_writable_dir, half_state_dict
 
@@ -44,6 +43,7 @@ NUM_STEPS = 0  # PC steps of the showcase samples; 0: the scale's (cpu 250, pape
 DRY_RUN = False
 SUMMARY_ONLY = False  # only rewrite results/<SCALE>.md from the evaluations that exist
 PRECISION = None  # of the showcase samples; None: the scale's (float32, or bfloat16 at the cpu scale: README)
+DENOISE_LAST_STEP = None  # of the showcase samples (sample scripts' --denoise-last-step); None: the scale's
 JOBS = 0  # stages run in parallel, each with cpu_count // JOBS threads; 0: the scale's
 ONLY = None  # a regular expression: run only the stages whose name it matches (e.g. "sample" or "_g1$")
 
@@ -51,13 +51,14 @@ WALL_TIME_KEY = "whole run (wall time of the last reproduce.py call)"
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
 # Classifier trajectory pools at the cpu scale: 250 PC steps on the fast sampling path. At 100 steps the
-# terminal states are noise (the last Euler step overshoots: README, Performance, "Steps versus quality"),
-# so the terminal loss and the conditional classifier's soft targets were computed on noise.
-CPU_POOL_SAMPLING = ["--trajectory-steps", "250", "--compile", "--precision", "bfloat16"]
+# terminal states are noise (README, Performance, "Steps versus quality"), so the terminal loss and the
+# conditional classifier's soft targets were computed on noise. The pools end as the showcase samples do,
+# with a denoising step: the terminal states the classifiers learn from are then the kind the sampler returns.
+CPU_POOL_SAMPLING = ["--trajectory-steps", "250", "--compile", "--precision", "bfloat16", "--denoise-last-step"]
 
 SCALES = {
     "cpu": {
-        "base_presets": {3: "cpu", 1: "cpu-grey"}, "half_precision": True,  # train_diffusion presets by channels
+        "base_preset": "cpu-bf16", "half_precision": True,  # train_diffusion.py --preset of every base model
         # Trajectory pools: sampling is ~85% of classifier training on CPU, so one pool serves many steps.
         "classifier_flags": [*CPU_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "100",
                              "--batch-size", "64", "--classifier-channels", "16", "32", "--test-samples", "100",
@@ -79,14 +80,15 @@ SCALES = {
         # 250 PC steps (the reference: 500) and bfloat16: what fits the 90-minute budget; README gives the
         # measured effect of both on the showcase metrics. Below 250 steps the samples are noise (README).
         "sample_flags": ["--num-steps", "250", "--batch-size", "128", "--compile"], "precision": "bfloat16",
+        "denoise_last_step": True,  # the last step denoised: cleaner digits from well-trained models (README)
         "jobs": 2,  # two one-thread stages at a time on a 2-core machine
     },
     "paper": {
-        "base_presets": {3: "paper", 1: "paper"}, "half_precision": False,
+        "base_preset": "paper", "half_precision": False,
         "classifier_flags": [], "subdigits_classifier_flags": [], "three_way_flags": [], "conditional_flags": [],
         "classifier_steps": {},
         "sample_flags": ["--num-steps", "500", "--batch-size", "128"],
-        "precision": "float32", "jobs": 1,
+        "precision": "float32", "denoise_last_step": False, "jobs": 1,
     },
 }
 
@@ -107,7 +109,7 @@ SHOWCASE = [  # most important first: an interrupted run has these
 ]
 
 OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "NUM_STEPS", "DRY_RUN", "SUMMARY_ONLY",
-               "PRECISION", "JOBS", "ONLY"]
+               "PRECISION", "DENOISE_LAST_STEP", "JOBS", "ONLY"]
 
 
 @dataclass
@@ -280,8 +282,9 @@ def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
         report = json.loads(report_path.read_text())
         settings_path = out_dir / f"{stem}.json"
         settings = json.loads(settings_path.read_text()) if settings_path.exists() else {}
-        if settings.get("precision", "float32") != "float32":
-            name += f" ({settings['precision']})"
+        notes = [settings["precision"]] if settings.get("precision", "float32") != "float32" else []
+        notes += ["last step denoised"] if settings.get("denoise_last_step") else []
+        name += f" ({', '.join(notes)})" if notes else ""
         name += f" | {settings.get('num_steps', '?')}"
         lo, hi = report["support_precision_ci"]
         tv_lo, tv_hi = report["tv_distance_ci"]
@@ -319,7 +322,8 @@ def update_readme(readme: Path, marker: str, text: str) -> None:
 def main(argv=None):
     config = dict(globals())
     override_globals(config, OVERRIDABLE, __doc__, argv, positive=["NUM_SAMPLES"],
-                     choices={"SCALE": list(SCALES), "PRECISION": list(PRECISIONS) + [None]})
+                     choices={"SCALE": list(SCALES), "PRECISION": list(PRECISIONS) + [None]},
+                     optional_bools=["DENOISE_LAST_STEP"])
     for name in ["JOBS", "NUM_STEPS"]:
         if config[name] < 0:
             raise UserError(f"--{name.lower().replace('_', '-')} must be >= 0 (0: the scale's default), "
@@ -336,7 +340,7 @@ def main(argv=None):
         return
 
     def train_base_model(g):
-        preset = settings["base_presets"][BASE_DATASETS[g][0]]
+        preset = settings["base_preset"]
         final = run_dir / f"gen_{g}_ckpt_{final_epoch(preset)}.pth"
         exported = export_dir / f"gen_{g}_ckpt_{REFERENCE_EPOCH}.pth"
         resume = ["--resume"] if (run_dir / f"gen_{g}_train_state.pth").exists() else ["--overwrite"]
@@ -376,7 +380,9 @@ def main(argv=None):
                                   *settings["subdigits_classifier_flags"]],
                                  after=[exports["1"], exports["2"]])
 
-    sample_flags = [*settings["sample_flags"], "--precision", precision]
+    denoise = settings["denoise_last_step"] if config["DENOISE_LAST_STEP"] is None else config["DENOISE_LAST_STEP"]
+    sample_flags = [*settings["sample_flags"], "--precision", precision,
+                    "--denoise-last-step" if denoise else "--no-denoise-last-step"]
     if config["NUM_STEPS"]:
         sample_flags += ["--num-steps", str(config["NUM_STEPS"])]  # the last --num-steps wins
     # The 3-way rows, the longest, first: in a parallel run the last stages then end close together.

@@ -38,11 +38,13 @@ OUT_DIR = "outputs"
 DEVICE = "auto"
 COMPILE = False  # torch.compile the score networks (float32; pays off from a few hundred steps)
 PRECISION = "float32"  # or "bfloat16": autocast, faster on CPUs with bf16 support (README: effect on metrics)
+DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step
+# (cleaner backgrounds, fewer malformed digits; README, "The last step")
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "CKPT_DIR", "CKPT_EPOCH", "CKPT_PATH_1", "CKPT_PATH_2",
                "CKPT_PATH_3", "CLASSIFIER_CKPT", "CONDITIONAL_CLASSIFIER_CKPT", "Y_1", "Y_2", "GUIDANCE", "Y_3",
                "GUIDANCE_3", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR", "SEED", "PALETTE", "OUT_DIR", "DEVICE",
-               "COMPILE", "PRECISION"]
+               "COMPILE", "PRECISION", "DENOISE_LAST_STEP"]
 
 
 def main(argv=None):

@@ -27,6 +27,7 @@ TRAJECTORY_STEPS = 500  # PC sampler steps N
 SNR = 0.16
 COMPILE = False  # sample trajectories with compiled score networks (float32; as the sample scripts' --compile)
 PRECISION = "float32"  # or "bfloat16": sample trajectories under autocast (as the sample scripts' --precision)
+DENOISE_LAST_STEP = False  # end each trajectory with a denoising step (as the sample scripts' --denoise-last-step)
 LR = 1.0
 LR_DECAY = 1.0  # StepLR gamma per optimizer step; 1 = constant (reference)
 TARGET_UPDATE_EVERY = 5  # copy the bootstrap target before every this many steps
@@ -48,7 +49,7 @@ OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_
                "STEP_FRACTION", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "COMPILE",
                "PRECISION", "LR", "LR_DECAY", "TARGET_UPDATE_EVERY", "TERMINAL_LOSS_SCALE", "CLASSIFIER_CHANNELS",
                "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR",
-               "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE"]
+               "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE", "DENOISE_LAST_STEP"]
 
 
 def main(argv=None):

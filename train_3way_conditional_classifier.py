@@ -39,6 +39,7 @@ TRAJECTORY_STEPS = 500  # PC sampler steps N
 SNR = 0.16
 COMPILE = False  # sample trajectories with compiled score networks (float32; as the sample scripts' --compile)
 PRECISION = "float32"  # or "bfloat16": sample trajectories under autocast (as the sample scripts' --precision)
+DENOISE_LAST_STEP = False  # end each trajectory with a denoising step (as the sample scripts' --denoise-last-step)
 LR = 0.1
 LR_DECAY = 1.0  # StepLR gamma per optimizer step; 1 = constant (reference)
 CLASSIFIER_CHANNELS = [64, 64]
@@ -58,7 +59,7 @@ OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_
                "GUIDANCE_SCALE", "STEPS", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "COMPILE",
                "PRECISION", "LR", "LR_DECAY", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY",
                "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED", "DEVICE",
-               "OVERWRITE"]
+               "OVERWRITE", "DENOISE_LAST_STEP"]
 
 PAIRS = sorted(unordered_pairs(3))  # (1,1), (1,2), (1,3), (2,2), (2,3), (3,3), the reference's order
 

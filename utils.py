@@ -183,7 +183,8 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     """The composition sampling scripts' shared body: load, compose, sample, save.
 
     `config` holds the scripts' globals (CKPT_DIR, CKPT_EPOCH, CKPT_PATH_<k>,
-    NUM_SAMPLES, BATCH_SIZE, NUM_STEPS, SNR, SEED, PALETTE, OUT_DIR, DEVICE, COMPILE, PRECISION).
+    NUM_SAMPLES, BATCH_SIZE, NUM_STEPS, SNR, SEED, PALETTE, OUT_DIR, DEVICE, COMPILE, PRECISION,
+    DENOISE_LAST_STEP).
     `classifier_specs`: (checkpoint, classifier class, script that trains it)
     for the joint classifier of (y1, y2), then for the conditional one of y3 if
     there are three observations; one guidance scale each. Writes
@@ -214,13 +215,13 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     # Only the score networks are compiled: a compiled classifier's input gradient ran 2x slower on CPU (README).
     composition = fast_score_model(composition, score_models, config["COMPILE"], config["PRECISION"])
     samples = sample_in_batches(composition, sde, config["NUM_SAMPLES"], config["BATCH_SIZE"], config["NUM_STEPS"],
-                                config["SNR"], device, config["SEED"])
+                                config["SNR"], device, config["SEED"], denoise_last_step=config["DENOISE_LAST_STEP"])
     stem = composition_stem(gen_idxs, observations, guidance_scales)
     meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
             "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
             "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],
             "num_steps": config["NUM_STEPS"], "snr": config["SNR"], "seed": config["SEED"],
-            "precision": config["PRECISION"]}
+            "precision": config["PRECISION"], "denoise_last_step": config["DENOISE_LAST_STEP"]}
     png = save_samples(samples, config["OUT_DIR"], stem, meta, config["PALETTE"])
     print(f"saved {png} ({len(samples)} samples)")
     return png

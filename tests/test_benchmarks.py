@@ -8,6 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import classifier_benchmark  # noqa: E402
+import last_step  # noqa: E402
 import sampling_benchmark  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -45,3 +46,16 @@ def test_classifier_benchmark_step_and_convergence(tmp_path):
     assert [row["score_evaluations"] for row in fresh["history"]] == [0] + [k * per_refresh(2) for k in (1, 2, 3)]
     assert [row["score_evaluations"] for row in pool["history"]] == [0] + [per_refresh(4)] * 3
     assert fresh["reached"]["terminal_accuracy"]["step"] == 0 and fresh["reached"]["noisy_accuracy"] is None
+
+
+def test_last_step_benchmark_compares_the_three_endings(tmp_path):
+    path = tmp_path / "gen_MN1_ckpt_195.pth"
+    torch.save(ScoreNet(VESDE().marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=8,
+                        input_channels=3).state_dict(), path)
+    last_step.main(["--ckpt-paths", str(path), "--num-images", "4", "--num-steps", "5", "--tail-steps", "3",
+                    "--out-dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "last_step_MN1.json").read_text())["rows"]
+    assert [row["ending"] for row in rows] == ["-", "reference", "one step earlier", "denoised last step"]
+    clean = rows[0]  # MN1 lights only green: red and blue are the empty channels, and clean digits have no speckle
+    assert clean["speckle_share"] == 0.0 and clean["mse_to_clean"] == 0.0 and clean["recognised_share"] > 0.5
+    assert all(row["mse_to_clean"] > 0.0 for row in rows[1:])

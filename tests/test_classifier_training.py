@@ -108,9 +108,14 @@ def test_stored_steps_are_the_trainable_ones_of_the_sampled_trajectories(bases):
 
 def test_compiled_trajectory_sampler_gives_the_eager_trajectories(tiny_base_checkpoints):
     config = {"SEED": 0, "TRAJECTORY_STEPS": 4, "SNR": 0.16, "COMPILE": False, "PRECISION": "float32",
-              "GEN_CKPT_DIR": str(tiny_base_checkpoints), "GEN_CKPT_EPOCH": 195}
+              "DENOISE_LAST_STEP": False, "GEN_CKPT_DIR": str(tiny_base_checkpoints), "GEN_CKPT_EPOCH": 195}
     models = load_base_models(config, ["M1", "M2"], SDE, "cpu")
     eager = trajectory_sampler(models, config, SDE, "cpu")(3, trainable_steps)
+    # DENOISE_LAST_STEP changes the first source's terminal state only (the second source's trajectories
+    # follow from the shared generator, which the denoising step draws no noise from).
+    denoised = trajectory_sampler(models, {**config, "DENOISE_LAST_STEP": True}, SDE, "cpu")(3, trainable_steps)
+    assert torch.equal(denoised.states[:-1, :3], eager.states[:-1, :3])
+    assert not torch.allclose(denoised.states[-1, :3], eager.states[-1, :3])
     compiled = trajectory_sampler(models, {**config, "COMPILE": True}, SDE, "cpu")(3, trainable_steps)
     assert all(getattr(model, "_compiled_call_impl", None) is not None for model in models)
     torch.testing.assert_close(compiled.states, eager.states, rtol=1e-3, atol=1e-3)

@@ -203,7 +203,7 @@ def test_sample_composition_script(tmp_path):
     assert meta == {"kind": "composition", "models": ["M1", "M2"], "observations": [1, 2], "guidance_scales": [20.0],
                     "checkpoints": [str(tmp_path / f"gen_{g}_ckpt_195.pth") for g in ("M1", "M2")],
                     "classifier_checkpoints": [classifier], "num_steps": 2, "snr": 0.16, "seed": 0,
-                    "precision": "float32"}
+                    "precision": "float32", "denoise_last_step": False}
     assert torch.load(stem.with_suffix(".pt")).shape == (3, 3, 28, 28) and stem.with_suffix(".png").is_file()
     with pytest.raises(UserError, match="train_classifier.py"):
         sample_composition.main(common + ["--classifier-ckpt", str(tmp_path / "missing.pth")])

@@ -38,27 +38,28 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--steps 300" in three_way
     conditional = next(line for line in lines if line.startswith("[run ] 3-way conditional classifier"))
     assert "3way_classifier_ckpt_700.pth" in conditional
-    # Grey base models train with the cpu-grey preset (24 epochs), coloured ones with the cpu preset; only the
-    # 1/2 classifier decays its step size more slowly.
-    assert "--preset cpu-grey" in next(line for line in lines if line.startswith("[run ] base 1:"))
-    assert "--preset cpu " in next(line for line in lines if line.startswith("[run ] base MN1:"))
+    # Every base model trains with the cpu-bf16 preset (24 epochs); only the 1/2 classifier decays its step
+    # size more slowly. Showcase samples and classifier pools end with a denoising step.
+    for name in ["base 1", "base MN1"]:
+        assert "--preset cpu-bf16 " in next(line for line in lines if line.startswith(f"[run ] {name}:"))
     assert "--lr-decay 0.99" in next(line for line in lines if line.startswith("[run ] classifier 1/2:"))
     assert "--lr-decay" not in next(line for line in lines if line.startswith("[run ] classifier M1/M2:"))
+    assert "--denoise-last-step" in sample and "--denoise-last-step" in three_way and "--denoise-last-step" in conditional
     # The exported epoch: the last of a short preset's run, else the reference's 195 (of 200 epochs).
-    assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-grey", "paper"]] == [11, 23, 195]
+    assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-bf16", "paper"]] == [11, 23, 195]
 
     # --only runs the matching stages alone.
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--only", "_g1$"])
     assert lines and all(line.endswith("_g1") or "_g1:" in line or "_g1.pt" in line for line in lines)
 
     # A finished base model is skipped; a half-finished one resumes.
-    (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")
-    (tmp_path / "run" / "gen_1_ckpt_23.pth").write_bytes(b"")  # the last of the cpu-grey preset's 24 epochs
+    (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")  # not the last of the cpu-bf16 preset's 24 epochs
+    (tmp_path / "run" / "gen_1_ckpt_23.pth").write_bytes(b"")
     (tmp_path / "run" / "gen_M2_train_state.pth").write_bytes(b"")
     lines = stage_lines(capsys, ["--dry-run", *dirs])
-    assert any(line.startswith("[skip] base M1:") for line in lines)
+    assert any(line.startswith("[run ] base M1:") for line in lines)
     assert any(line.startswith("[skip] base 1:") for line in lines)
-    assert any(line.startswith("[run ] export M1") for line in lines)  # its export is missing
+    assert any(line.startswith("[run ] export 1") for line in lines)  # its export is missing
     assert "--resume" in next(line for line in lines if line.startswith("[run ] base M2"))
 
 
@@ -144,14 +145,15 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
     _, models, observations, scales = reproduce.SHOWCASE[1]
     second = reproduce.composition_stem(models, observations, scales)
     (out_dir / f"{second}_eval.json").write_text((out_dir / f"{stem}_eval.json").read_text())
-    (out_dir / f"{second}.json").write_text(json.dumps({"precision": "bfloat16", "num_steps": 250}))
+    (out_dir / f"{second}.json").write_text(json.dumps({"precision": "bfloat16", "num_steps": 250,
+                                                        "denoise_last_step": True}))
     (tmp_path / "README.md").write_text("intro\n<!-- results:cpu -->\nold table\n<!-- /results:cpu -->\nrest\n")
     text = reproduce.write_summary(out_dir, "cpu", {"base M1": 100.4, "export M1": 0.0}).read_text()
     readme = (tmp_path / "README.md").read_text()
     assert "old table" not in readme and readme.startswith("intro\n<!-- results:cpu -->\n| composition |")
     assert f"[png](results/cpu/{stem}.png)" in readme
-    assert readme.endswith("|\n<!-- /results:cpu -->\nrest\n") and readme.count("(bfloat16)") == 1
-    assert "| 20 (bfloat16) | 250 | 512 |" in text and text.count("(bfloat16)") == 1
+    assert readme.endswith("|\n<!-- /results:cpu -->\nrest\n") and readme.count("bfloat16") == 1
+    assert "| 20 (bfloat16, last step denoised) | 250 | 512 |" in text and text.count("bfloat16") == 1
     assert f"| 20 | ? | 512 | 97.0% (95.0%–98.0%) | 0.050 (0.030–0.070) | 0.010 | 2.0% | [png](cpu/{stem}.png) |" \
         in text
     assert text.count("pending") == len(reproduce.SHOWCASE) - 2

@@ -32,9 +32,9 @@ def test_cli_overrides_and_preset(data_root):
     assert preset["EPOCHS"] == 3  # an explicit flag wins over the preset
     assert preset["LR_SCHEDULE"] == "onecycle" and preset["CHANNELS"] == [32, 64, 128, 128]
     assert preset["PRECISION"] == "float32" and not preset["COMPILE"]
-    grey = train_diffusion.parse_args(["--preset", "cpu-grey", "--gen-idx", "1"])
-    assert (grey["EPOCHS"], grey["PRECISION"], grey["COMPILE"]) == (24, "bfloat16", True)
-    assert grey["CHANNELS"] == preset["CHANNELS"] and grey["LR_SCHEDULE"] == "onecycle"
+    longer = train_diffusion.parse_args(["--preset", "cpu-bf16", "--gen-idx", "1"])
+    assert (longer["EPOCHS"], longer["PRECISION"], longer["COMPILE"]) == (24, "bfloat16", True)
+    assert longer["CHANNELS"] == preset["CHANNELS"] and longer["LR_SCHEDULE"] == "onecycle"
 
 
 def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
@@ -63,7 +63,7 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
 
 
 def test_bfloat16_compiled_training_keeps_the_checkpoint_format(data_root, tmp_path):
-    """--compile --precision bfloat16 (the cpu-grey preset's; the cpu preset stays float32) trains float32 weights
+    """--compile --precision bfloat16 (the cpu-bf16 preset's; the cpu preset stays float32) trains float32 weights
     with the reference's keys, and a resume must keep the precision it started with."""
     train_diffusion.main(TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1",
                                  "--compile", "--precision", "bfloat16"])
