@@ -214,9 +214,10 @@ def test_sample_3way_composition_script(tmp_path):
                                                [ThreeWayJointYClassifier, ThreeWayConditionalYClassifier])
     common = ["--ckpt-dir", str(tmp_path), "--num-samples", "2", "--num-steps", "2", "--out-dir",
               str(tmp_path / "out"), "--device", "cpu", "--classifier-ckpt", joint]
-    sample_3way_composition.main(common + ["--conditional-classifier-ckpt", conditional])
+    sample_3way_composition.main(common + ["--conditional-classifier-ckpt", conditional, "--denoise-last-step"])
     meta = json.loads((tmp_path / "out" / "composition_MN1_MN2_MN3_y1-1_y2-2_y3-3_g10_g75.json").read_text())
     assert meta["observations"] == [1, 2, 3] and meta["guidance_scales"] == [10.0, 75.0]
+    assert meta["denoise_last_step"] is True
     assert meta["classifier_checkpoints"] == [joint, conditional]
     with pytest.raises(UserError, match="train_3way_conditional_classifier.py"):
         sample_3way_composition.main(common + ["--conditional-classifier-ckpt", str(tmp_path / "missing.pth")])

@@ -48,6 +48,10 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     # The exported epoch: the last of a short preset's run, else the reference's 195 (of 200 epochs).
     assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-bf16", "paper"]] == [11, 23, 195]
 
+    # --no-denoise-last-step restores the reference's last step in the showcase samples (not in the pools).
+    lines = stage_lines(capsys, ["--dry-run", *dirs, "--no-denoise-last-step", "--only", "^sample"])
+    assert lines and all("--no-denoise-last-step" in line for line in lines)
+
     # --only runs the matching stages alone.
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--only", "_g1$"])
     assert lines and all(line.endswith("_g1") or "_g1:" in line or "_g1.pt" in line for line in lines)
