@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cli import UserError, override_globals, run_main  # noqa: E402
-from custom_datasets import BASE_DATASETS, COLOUR_CHANNEL, ColouredMNIST  # noqa: E402
+from custom_datasets import BASE_DATASETS, ColouredMNIST  # noqa: E402
 from models.oracle import INK_LEVEL, load_oracle, predict  # noqa: E402
 from samplers.pc_sampler import denoising_step, euler_maruyama_predictor, langevin_corrector, time_grid  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -79,8 +79,7 @@ def main(argv=None):
     dataset = ColouredMNIST(config["GEN_IDX"], train=False)
     generator = torch.Generator().manual_seed(config["SEED"])
     clean = dataset.batch(torch.randperm(len(dataset), generator=generator)[:config["NUM_IMAGES"]])
-    lit = {COLOUR_CHANNEL.get(colour, 0) for _, colour in dataset.cells}
-    empty_channels = [c for c in range(dataset.channels) if c not in lit]
+    empty_channels = torch.nonzero(clean.amax(dim=(0, 2, 3)) == 0).flatten().tolist()  # never lit in the data
     oracle = load_oracle()
     rows = [{"checkpoint": "clean test images", "ending": "-", **measure(clean, clean, empty_channels, oracle)}]
     for path in config["CKPT_PATHS"]:
