@@ -15,7 +15,10 @@ every later stage reads them from there, so the results describe exactly the
 exported files. A stage whose outputs exist is skipped; an interrupted base-model
 run resumes; a stage whose inputs were just remade runs again. Stage wall times and
 the whole run's go to <RUN_DIR>/timings.json; grids and evaluations to OUT_DIR
-(results/<scale>/), summarised in <OUT_DIR>.md.
+(results/<scale>/), summarised in <OUT_DIR>.md. Another SEED is an independent
+replicate of the whole run, in directories of its own:
+
+    python reproduce.py --scale cpu --seed 1   # runs/cpu_seed1, results/cpu_seed1
 """
 import json
 import os
@@ -35,15 +38,16 @@ from models.fast_paths import PRECISIONS
 from utils import atomic_save, composition_stem, ensure_writable_dir, half_state_dict
 
 SCALE = "cpu"
-RUN_DIR = None  # None: runs/<SCALE>
-EXPORT_DIR = None  # None: checkpoints (cpu) or checkpoints/paper (paper)
-OUT_DIR = None  # None: results/<SCALE> (grids and evaluations are committed; the .pt samples are not)
+RUN_DIR = None  # None: runs/<SCALE> (runs/<SCALE>_seed<SEED> for SEED > 0)
+EXPORT_DIR = None  # None: checkpoints (cpu) or checkpoints/paper (paper); <RUN_DIR>/checkpoints for SEED > 0
+OUT_DIR = None  # None: results/<SCALE> (results/<SCALE>_seed<SEED> for SEED > 0; the .pt samples are not committed)
 NUM_SAMPLES = 512
 NUM_STEPS = 0  # PC steps of the showcase samples; 0: the scale's (cpu 250, paper 500)
 DRY_RUN = False
 SUMMARY_ONLY = False  # only rewrite results/<SCALE>.md from the evaluations that exist
 PRECISION = None  # of the showcase samples; None: the scale's (float32, or bfloat16 at the cpu scale: README)
 DENOISE_LAST_STEP = None  # of the showcase samples (sample scripts' --denoise-last-step); None: the scale's
+SEED = 0  # of every training and sampling stage: another seed is an independent replicate of the whole run
 JOBS = 0  # stages run in parallel, each with cpu_count // JOBS threads; 0: the scale's
 ONLY = None  # a regular expression: run only the stages whose name it matches (e.g. "sample" or "_g1$")
 
@@ -109,7 +113,7 @@ SHOWCASE = [  # most important first: an interrupted run has these
 ]
 
 OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "NUM_STEPS", "DRY_RUN", "SUMMARY_ONLY",
-               "PRECISION", "DENOISE_LAST_STEP", "JOBS", "ONLY"]
+               "PRECISION", "DENOISE_LAST_STEP", "SEED", "JOBS", "ONLY"]
 
 
 @dataclass
@@ -266,7 +270,7 @@ def sample_command(script, models, observations, scales, export_dir, out_dir, nu
     return command
 
 
-def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
+def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Path:
     """<out_dir>.md beside out_dir (results/<scale>.md by default): one evaluation row per showcase composition
     (pending ones marked), then stage times; also README's tables between the markers named after out_dir
     (<!-- results:cpu --> ... <!-- /results:cpu --> for results/cpu), where README has them."""
@@ -296,7 +300,8 @@ def write_summary(out_dir: Path, scale: str, timings: dict) -> Path:
     times = "\n".join(["| stage | wall time (s) |", "|---|---|", *timed])
     path = out_dir.parent / f"{out_dir.name}.md"
     # No stage table when the run dir holds no timings (e.g. --summary-only over rows sampled elsewhere).
-    path.write_text(f"Written by `python reproduce.py --scale {scale}` into `{Path(os.path.relpath(out_dir))}/` "
+    command = f"python reproduce.py --scale {scale}" + (f" --seed {seed}" if seed else "")
+    path.write_text(f"Written by `{command}` into `{Path(os.path.relpath(out_dir))}/` "
                     f"(README gives the full commands).\n\n" + "\n".join(rows)
                     + (f"\n\nStage wall times (this machine):\n\n{times}" if timed else "") + "\n")
     # README lives at the root: its grid links start there.
@@ -328,15 +333,22 @@ def main(argv=None):
         if config[name] < 0:
             raise UserError(f"--{name.lower().replace('_', '-')} must be >= 0 (0: the scale's default), "
                             f"got {config[name]}")
+    if config["SEED"] < 0:
+        raise UserError(f"--seed must be >= 0, got {config['SEED']}")
     scale, settings = config["SCALE"], SCALES[config["SCALE"]]
-    run_dir = ensure_writable_dir(config["RUN_DIR"] or f"runs/{scale}")
-    export_dir = ensure_writable_dir(config["EXPORT_DIR"] or ("checkpoints" if scale == "cpu" else "checkpoints/paper"))
-    out_dir = ensure_writable_dir(config["OUT_DIR"] or f"results/{scale}")
+    # A replicate (another seed) gets directories of its own: in the default ones the finished seed-0 stages
+    # would be skipped, and its checkpoints would replace the committed ones.
+    replicate = f"{scale}_seed{config['SEED']}" if config["SEED"] else scale
+    run_dir = ensure_writable_dir(config["RUN_DIR"] or f"runs/{replicate}")
+    default_export = "checkpoints" if scale == "cpu" else "checkpoints/paper"
+    export_dir = ensure_writable_dir(config["EXPORT_DIR"] or (run_dir / "checkpoints" if config["SEED"] else default_export))
+    out_dir = ensure_writable_dir(config["OUT_DIR"] or f"results/{replicate}")
     jobs = config["JOBS"] or settings["jobs"]
     precision = config["PRECISION"] or settings["precision"]
     pipeline = Pipeline(run_dir, config["DRY_RUN"], config["ONLY"], jobs)
+    seed = ["--seed", str(config["SEED"])]
     if config["SUMMARY_ONLY"]:
-        print(write_summary(out_dir, scale, pipeline.timings).read_text())
+        print(write_summary(out_dir, scale, pipeline.timings, config["SEED"]).read_text())
         return
 
     def train_base_model(g):
@@ -345,7 +357,7 @@ def main(argv=None):
         exported = export_dir / f"gen_{g}_ckpt_{REFERENCE_EPOCH}.pth"
         resume = ["--resume"] if (run_dir / f"gen_{g}_train_state.pth").exists() else ["--overwrite"]
         trained = pipeline.stage(f"base {g}", [final], ["train_diffusion.py", "--gen-idx", g, "--ckpt-dir",
-                                                        str(run_dir), "--preset", preset, *resume])
+                                                        str(run_dir), "--preset", preset, *seed, *resume])
         return pipeline.stage(f"export {g}", [exported], after=[trained],
                               action=lambda: export_checkpoint(final, exported, settings["half_precision"]))
 
@@ -355,7 +367,7 @@ def main(argv=None):
         trained = run_dir / f"{classifier_name}_ckpt_{steps}.pth"
         exported = export_dir / f"{classifier_name}_ckpt_{reference_steps}.pth"
         pipeline.stage(name, [trained], [*command, "--steps", str(steps), "--gen-ckpt-dir", str(export_dir),
-                                         "--ckpt-dir", str(run_dir), "--overwrite"], after=after)
+                                         "--ckpt-dir", str(run_dir), *seed, "--overwrite"], after=after)
         return pipeline.stage(f"export {name}", [exported], after=[name],
                               action=lambda: export_checkpoint(trained, exported, settings["half_precision"]))
 
@@ -381,7 +393,7 @@ def main(argv=None):
                                  after=[exports["1"], exports["2"]])
 
     denoise = settings["denoise_last_step"] if config["DENOISE_LAST_STEP"] is None else config["DENOISE_LAST_STEP"]
-    sample_flags = [*settings["sample_flags"], "--precision", precision,
+    sample_flags = [*settings["sample_flags"], "--precision", precision, *seed,
                     "--denoise-last-step" if denoise else "--no-denoise-last-step"]
     if config["NUM_STEPS"]:
         sample_flags += ["--num-steps", str(config["NUM_STEPS"])]  # the last --num-steps wins
@@ -398,7 +410,7 @@ def main(argv=None):
 
     pipeline.run()
     if not config["DRY_RUN"]:
-        print(write_summary(out_dir, scale, pipeline.timings).read_text())
+        print(write_summary(out_dir, scale, pipeline.timings, config["SEED"]).read_text())
     return pipeline
 
 

@@ -67,6 +67,21 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--resume" in next(line for line in lines if line.startswith("[run ] base M2"))
 
 
+def test_another_seed_is_a_replicate_in_its_own_directories(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default directories are relative to the working directory
+    lines = stage_lines(capsys, ["--dry-run", "--seed", "2"])
+    # Every training and sampling stage: 7 base models, 4 classifiers, the showcase samples.
+    assert sum("--seed 2 " in line for line in lines) == 7 + 4 + len(reproduce.SHOWCASE)
+    base = next(line for line in lines if line.startswith("[run ] base MN1:"))
+    sample = next(line for line in lines if line.startswith("[run ] sample composition_1_2_y1-1_y2-2_g20:"))
+    # Neither the seed-0 run's finished stages nor the committed checkpoints are touched.
+    assert "--ckpt-dir runs/cpu_seed2 " in base
+    assert "--ckpt-dir runs/cpu_seed2/checkpoints " in sample and "--out-dir results/cpu_seed2 " in sample
+    assert not (tmp_path / "checkpoints").exists()
+    with pytest.raises(UserError, match="--seed must be >= 0"):
+        reproduce.main(["--dry-run", "--seed", "-1"])
+
+
 def write_after(path, seconds, needed=()):
     """argv of a stage that fails unless `needed` exist, sleeps, then writes when it started and ended to `path`."""
     return ["-c", f"import pathlib, sys, time; start = time.time(); "
@@ -175,6 +190,7 @@ def test_summary_of_another_out_dir_leaves_readme_alone(tmp_path, monkeypatch):
     path = reproduce.write_summary(out_dir, "cpu", {"base M1": 10.0})
     assert path == tmp_path / "results" / "cpu_fresh.md" and "| base M1 | 10 |" in path.read_text()
     assert (tmp_path / "README.md").read_text() == readme
+    assert "`python reproduce.py --scale cpu --seed 3`" in reproduce.write_summary(out_dir, "cpu", {}, seed=3).read_text()
 
 
 def test_progress_line_is_the_outer_bar_of_nested_ones(tmp_path):
