@@ -15,6 +15,16 @@ counts against both):
   bootstrap CIs      percentile intervals from resampling the samples (seeded).
 TV of N samples is biased upward even for a perfect sampler, so the report
 also gives the TV that N exact draws from the target would show.
+
+The exact target assumes perfect base models. --base-evaluations (the
+base models' own samples evaluated by this script, in model order) adds the
+plug-in target: the same composition of the base models as they sample
+(targets.composition_of_cells), their unrecognisable samples one cell they all
+share. Its support precision is what a perfect classifier and sampler could
+reach at λ = 1 with these base models (if their malformed digits are alike),
+and the samples' TV to it measures the composition machinery alone:
+    python evaluate_composition.py results/cpu/composition_1_2_y1-1_y2-2_g1.pt \
+        --base-evaluations results/cpu/individual_1_eval.json results/cpu/individual_2_eval.json
 """
 import json
 from pathlib import Path
@@ -25,7 +35,7 @@ import torch
 from cli import UserError, override_globals, run_main
 from custom_datasets import COLOURS
 from models.oracle import CONFIDENCE, ORACLE_COLOURS, ORACLE_PATH, load_oracle, predict
-from targets import cell_name, target_distribution, validate_composition
+from targets import cell_name, composition_of_cells, target_distribution, validate_composition
 from utils import ensure_writable_dir
 
 SAMPLES = None  # path of the samples .pt
@@ -37,9 +47,10 @@ BOOTSTRAP = 1000
 CI_LEVEL = 0.95
 SEED = 0
 OUT_DIR = None  # None: beside the samples
+BASE_EVALUATIONS = []  # the base models' <individual>_eval.json, in model order: adds the plug-in target
 DATA_ROOT = "data"
 
-OVERRIDABLE = ["SAMPLES", "MODELS", "OBSERVATIONS", "ORACLE", "CONFIDENCE_THRESHOLD", "BOOTSTRAP", "CI_LEVEL", "SEED",
+OVERRIDABLE = ["SAMPLES", "MODELS", "OBSERVATIONS", "ORACLE", "CONFIDENCE_THRESHOLD", "BOOTSTRAP", "CI_LEVEL", "SEED", "BASE_EVALUATIONS",
                "OUT_DIR", "DATA_ROOT"]
 UNRECOGNISABLE = "unrecognisable"
 
@@ -74,7 +85,7 @@ def composition_metrics(cells, target, bootstrap=BOOTSTRAP, ci_level=CI_LEVEL, s
         raise UserError("there are no samples to evaluate")
     observed_outside = sorted({c for c in cells if c not in target and c != UNRECOGNISABLE},
                               key=lambda c: (-cells.count(c), c))
-    keys = list(target) + observed_outside + [UNRECOGNISABLE]
+    keys = list(target) + observed_outside + ([] if UNRECOGNISABLE in target else [UNRECOGNISABLE])
     target_share = np.array([target.get(key, 0.0) for key in keys])
     index = np.array([keys.index(c) for c in cells])
     n, k = len(index), len(keys)
@@ -103,6 +114,39 @@ def composition_metrics(cells, target, bootstrap=BOOTSTRAP, ci_level=CI_LEVEL, s
             "tv_distance_ci": percentile_interval(boot_tv, ci_level).tolist(),
             "tv_of_exact_samples": {"mean": float(exact_tv.mean()), "upper": float(np.quantile(exact_tv, ci_level))},
             "unrecognisable_share": float(measured[-1])}
+
+
+def parse_cell(name):
+    """"grey 4" -> (4, "grey"); UNRECOGNISABLE stays itself (the inverse of targets.cell_name)."""
+    if name == UNRECOGNISABLE:
+        return name
+    colour, digit = name.rsplit(" ", 1)
+    return int(digit), colour
+
+
+def plug_in_target(base_evaluations, models, observations) -> tuple:
+    """The composition of the base models as they sample ({cell: probability}, each model's sample count): each
+    model's cell shares from its own samples' evaluation, its unrecognisable samples one cell all models share."""
+    if len(base_evaluations) != len(models):
+        raise UserError(f"--base-evaluations needs one _eval.json per base model ({len(models)}: {models}), "
+                        f"got {len(base_evaluations)}")
+    shares, sizes = {}, []
+    for k, (path, model) in enumerate(zip(base_evaluations, models)):
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"base evaluation {path} not found; sample model {model} with sample_individual_model.py "
+                            f"and evaluate it with this script")
+        try:
+            evaluation = json.loads(path.read_text())
+            evaluated, rows = evaluation["meta"]["models"], evaluation["cells"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path} is not an _eval.json written by evaluate_composition.py") from None
+        if evaluated != [model] or evaluation["meta"].get("observations"):
+            raise UserError(f"{path} evaluates samples of {evaluated}, not of base model {k + 1} ({model}) alone")
+        for row in rows:
+            shares.setdefault(parse_cell(row["cell"]), [0.0] * len(models))[k] = row["measured"]
+        sizes.append(evaluation["num_samples"])
+    return composition_of_cells(shares, observations), sizes
 
 
 def load_samples(path) -> torch.Tensor:
@@ -162,6 +206,14 @@ def print_report(samples_path, meta, metrics, reasons):
           + ", ".join(f"{reason} {count}" for reason, count in reasons.items()) + ")")
 
 
+def print_plug_in(plug_in, ci_level):
+    low, high = plug_in["tv_distance_ci"]
+    print(f"plug-in target (the base models as they sample, {' and '.join(map(str, plug_in['base_samples']))} "
+          f"samples; unrecognisable one shared cell): support precision {plug_in['support_precision']:.1%}; "
+          f"TV of these samples to it {plug_in['tv_distance']:.3f} ({ci_level:.0%} CI {low:.3f}-{high:.3f}; "
+          f"exact draws {plug_in['tv_of_exact_samples']['mean']:.3f})")
+
+
 def plot_cells(metrics, title, path):
     """Grouped bars per cell: target share and measured share with its bootstrap CI."""
     import matplotlib
@@ -208,6 +260,16 @@ def main(argv=None):
 
     report = {"samples": str(samples_path), "meta": meta, "oracle": str(config["ORACLE"]),
               "confidence_threshold": config["CONFIDENCE_THRESHOLD"], **metrics, "unrecognisable_reasons": reasons}
+    if config["BASE_EVALUATIONS"]:
+        plug_in, sizes = plug_in_target(config["BASE_EVALUATIONS"], meta["models"], meta["observations"])
+        to_plug_in = composition_metrics(sample_cells(prediction), plug_in, config["BOOTSTRAP"], config["CI_LEVEL"],
+                                         config["SEED"])
+        report["plug_in_target"] = {
+            "base_evaluations": [str(path) for path in config["BASE_EVALUATIONS"]], "base_samples": sizes,
+            "cells": {UNRECOGNISABLE if cell == UNRECOGNISABLE else cell_name(cell): p for cell, p in plug_in.items()},
+            "support_precision": sum(p for cell, p in plug_in.items() if cell in target),
+            **{key: to_plug_in[key] for key in ["tv_distance", "tv_distance_ci", "tv_of_exact_samples"]}}
+        print_plug_in(report["plug_in_target"], metrics["ci_level"])
     stem = samples_path.stem
     (out_dir / f"{stem}_eval.json").write_text(json.dumps(report, indent=2) + "\n")
     title = f"{'+'.join(meta['models'])} y={tuple(meta['observations']) or 'mixture'}"

@@ -9,6 +9,13 @@ with p_M = (1/m) sum_i p_i and p(y = k | x) = p_k(x) / sum_j p_j(x), normalised.
 count(cell) is the number of MNIST training images of the cell's digit (each
 colour of a digit holds all of them). No observations gives the plain mixture;
 one model gives that base model.
+
+The same rule applies to base models as they actually sample (a plug-in
+target): if model i puts a share q_i(cell) of its samples in each cell, and
+within a cell the models' images are alike, the cell's share of the
+composition is (mean_i q_i(cell))^(1-n) prod_k q_{y_k}(cell), normalised; the
+exact target is the case q_i(cell) = count(cell) / |D_i|. Cells the models
+share by mistake (malformed digits, wrong digits) then get their share too.
 """
 from functools import lru_cache
 
@@ -61,21 +68,34 @@ def model_posteriors(models, root=DATA_ROOT) -> dict:
     return {cell: [d / sum(densities) for d in densities] for cell, densities in cell_densities(models, root).items()}
 
 
+def composition_of_cells(shares: dict, observations=()) -> dict:
+    """{cell: probability} of p(x | y_1..y_n) from {cell: [q_i(cell) for each model]}, each model's share of its
+    mass in the cell, with the models' images alike within a cell: weight (mean_i q_i)^(1-n) prod_k q_{y_k},
+    normalised; largest first, no zeros. An empty result (no cell that every observed model draws) is a
+    UserError."""
+    weights = {}
+    for cell, q in shares.items():
+        mean = sum(q) / len(q)
+        weight = mean ** (1 - len(observations)) if mean > 0 else 0.0
+        for label in observations:
+            weight *= q[label - 1]
+        if weight > 0:
+            weights[cell] = weight
+    if not weights:
+        raise UserError(f"observations {list(observations)} have no common support: the composition is empty")
+    norm = sum(weights.values())
+    return dict(sorted(((cell, w / norm) for cell, w in weights.items()), key=lambda item: -item[1]))
+
+
 def target_distribution(models, observations=(), root=DATA_ROOT) -> dict:
     """{(digit, colour): probability} of p(x | y_1..y_n) over the base datasets' cells; largest first, no zeros."""
     models = [str(name) for name in models]
     validate_composition(models, observations)
     counts = digit_counts(root)
-    weights = {}
-    for cell, densities in cell_densities(models, root).items():
-        total = sum(densities)
-        weight = counts[cell[0]] * total / len(models)
-        for label in observations:
-            weight *= densities[label - 1] / total
-        if weight > 0:
-            weights[cell] = weight
-    if not weights:
+    shares = {cell: [counts[cell[0]] * density for density in densities]
+              for cell, densities in cell_densities(models, root).items()}
+    try:
+        return composition_of_cells(shares, observations)
+    except UserError:
         raise UserError(f"observations {list(observations)} of models {models} have no common support: "
-                        f"the composition is empty")
-    norm = sum(weights.values())
-    return dict(sorted(((cell, w / norm) for cell, w in weights.items()), key=lambda item: -item[1]))
+                        f"the composition is empty") from None

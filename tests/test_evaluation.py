@@ -142,3 +142,33 @@ def test_missing_samples_exit_with_one_line(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "not found" in result.stderr
+
+
+def evaluate_base_model(data_root, folder, model, cells):
+    """The _eval.json of a base model's 'samples': real test digits in the given cells (None: blank)."""
+    folder.mkdir()
+    path = write_samples(folder, real_samples(data_root, cells, channels=1), {"kind": "individual", "models": [model]})
+    main([str(path), "--bootstrap", "50"])
+    return str(folder / "samples_eval.json")
+
+
+def test_plug_in_target_is_the_composition_of_the_base_models_as_they_sample(data_root, tmp_path):
+    four, blank = (4, "grey"), None
+    base = [evaluate_base_model(data_root, tmp_path / "1", "1", [four, four, (1, "grey"), blank]),
+            evaluate_base_model(data_root, tmp_path / "2", "2", [four, (7, "grey"), blank, blank])]
+    samples = real_samples(data_root, [four] * 3 + [(5, "grey")] * 2 + [(9, "grey")], channels=1)
+    path = write_samples(tmp_path, samples, {"models": ["1", "2"], "observations": [1, 2]})
+    report = main([str(path), "--bootstrap", "200", "--base-evaluations", *base])
+    plug_in = report["plug_in_target"]
+    # (1, 2): q1 q2 / mean(q) per cell. 4: (1/2)(1/4) / (3/8) = 1/3; unrecognisable: (1/4)(1/2) / (3/8) = 1/3;
+    # 1 and 7 are drawn by one model only.
+    assert plug_in["cells"] == pytest.approx({"grey 4": 0.5, UNRECOGNISABLE: 0.5})
+    assert plug_in["support_precision"] == pytest.approx(0.5)  # the exact target is 4 and 5
+    assert plug_in["tv_distance"] == pytest.approx(0.5 * (0 + 2 / 6 + 1 / 6 + 0.5))
+    assert plug_in["base_samples"] == [4, 4]
+    assert report["support_precision"] == pytest.approx(5 / 6)  # the exact target's metrics are unchanged
+
+    with pytest.raises(UserError, match="one _eval.json per base model"):
+        main([str(path), "--base-evaluations", base[0]])
+    with pytest.raises(UserError, match="not of base model 1"):
+        main([str(path), "--base-evaluations", base[1], base[1]])
