@@ -42,7 +42,7 @@ RUN_DIR = None  # None: runs/<SCALE> (runs/<SCALE>_seed<SEED> for SEED > 0)
 EXPORT_DIR = None  # None: checkpoints (cpu) or checkpoints/paper (paper); <RUN_DIR>/checkpoints for SEED > 0
 OUT_DIR = None  # None: results/<SCALE> (results/<SCALE>_seed<SEED> for SEED > 0; the .pt samples are not committed)
 NUM_SAMPLES = 512
-NUM_STEPS = 0  # PC steps of the showcase samples; 0: the scale's (cpu 250, paper 500)
+NUM_STEPS = 0  # PC steps of every showcase sample; 0: the scale's (cpu: 250, the 3-way rows 500; paper 500)
 DRY_RUN = False
 SUMMARY_ONLY = False  # only rewrite results/<SCALE>.md from the evaluations that exist
 PRECISION = None  # of the showcase samples; None: the scale's (float32, or bfloat16 at the cpu scale: README)
@@ -81,9 +81,11 @@ SCALES = {
                               "--batch-size", "16", "--classifier-channels", "32", "32", "--test-samples", "32",
                               "--test-every", "25", "--ckpt-every", "25"],
         "classifier_steps": {"3way_classifier": 300, "3way_conditional_classifier": 100},
-        # 250 PC steps (the reference: 500) and bfloat16: what fits the 90-minute budget; README gives the
-        # measured effect of both on the showcase metrics. Below 250 steps the samples are noise (README).
-        "sample_flags": ["--num-steps", "250", "--batch-size", "128", "--compile"], "precision": "bfloat16",
+        # PC steps of the showcase samples by number of base models. The 2-model rows at 250 (the reference:
+        # 500) fit the 90-minute budget and lie within the 500-step rows' intervals; the 3-way rows, steered by
+        # λ3 = 75, need the reference's 500 (MN (1,2,3): 85.7% at 100 steps, 88.9% at 250, 95.9% at 500; README).
+        "sample_steps": {2: 250, 3: 500},
+        "sample_flags": ["--batch-size", "128", "--compile"], "precision": "bfloat16",
         "denoise_last_step": True,  # the last step denoised: cleaner digits from well-trained models (README)
         "jobs": 2,  # two one-thread stages at a time on a 2-core machine
     },
@@ -91,7 +93,7 @@ SCALES = {
         "base_preset": "paper", "half_precision": False,
         "classifier_flags": [], "subdigits_classifier_flags": [], "three_way_flags": [], "conditional_flags": [],
         "classifier_steps": {},
-        "sample_flags": ["--num-steps", "500", "--batch-size", "128"],
+        "sample_steps": {2: 500, 3: 500}, "sample_flags": ["--batch-size", "128"],
         "precision": "float32", "denoise_last_step": False, "jobs": 1,
     },
 }
@@ -395,15 +397,14 @@ def main(argv=None):
     denoise = settings["denoise_last_step"] if config["DENOISE_LAST_STEP"] is None else config["DENOISE_LAST_STEP"]
     sample_flags = [*settings["sample_flags"], "--precision", precision, *seed,
                     "--denoise-last-step" if denoise else "--no-denoise-last-step"]
-    if config["NUM_STEPS"]:
-        sample_flags += ["--num-steps", str(config["NUM_STEPS"])]  # the last --num-steps wins
     # The 3-way rows, the longest, first: in a parallel run the last stages then end close together.
     for script, models, observations, scales in sorted(SHOWCASE, key=lambda row: len(row[1]) < 3):
         stem = composition_stem(models, observations, scales)
         classifiers = [three_way, conditional] if len(models) == 3 else [subdigits if models == ["1", "2"] else binary]
+        steps = config["NUM_STEPS"] or settings["sample_steps"][len(models)]
         sampled = pipeline.stage(f"sample {stem}", [out_dir / f"{stem}.pt"],
                                  sample_command(script, models, observations, scales, export_dir, out_dir,
-                                                config["NUM_SAMPLES"], sample_flags),
+                                                config["NUM_SAMPLES"], [*sample_flags, "--num-steps", str(steps)]),
                                  after=[*(exports[g] for g in models), *classifiers])
         pipeline.stage(f"evaluate {stem}", [out_dir / f"{stem}_eval.json"],
                        ["evaluate_composition.py", str(out_dir / f"{stem}.pt")], after=[sampled])

@@ -33,6 +33,11 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert sum(n.startswith("evaluate") for n in names) == len(reproduce.SHOWCASE)
     sample = next(line for line in lines if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
     assert "--num-steps 250" in sample and "--precision bfloat16" in sample
+    # The 3-way rows take the reference's 500 steps at the cpu scale too; --num-steps sets every row.
+    three_way_sample = next(line for line in lines if "sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3" in line)
+    assert "--num-steps 500" in three_way_sample and "--num-steps 250" not in three_way_sample
+    lines_300 = stage_lines(capsys, ["--dry-run", *dirs, "--num-steps", "300", "--only", "^sample"])
+    assert len(lines_300) == len(reproduce.SHOWCASE) and all("--num-steps 300 " in line for line in lines_300)
     # The cpu scale trains the 3-way classifier for fewer steps and exports it under the reference name.
     three_way = next(line for line in lines if line.startswith("[run ] 3-way classifier"))
     assert "--steps 300" in three_way
