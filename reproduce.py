@@ -86,6 +86,8 @@ SCALES = {
         # λ3 = 75, need the reference's 500 (MN (1,2,3): 85.7% at 100 steps, 88.9% at 250, 95.9% at 500; README).
         "sample_steps": {2: 250, 3: 500},
         "sample_flags": ["--batch-size", "128", "--compile"], "precision": "bfloat16",
+        # Each base model alone, for the rows' plug-in targets (evaluate_composition --base-evaluations).
+        "individual_samples": 256, "individual_steps": 250,
         "denoise_last_step": True,  # the last step denoised: cleaner digits from well-trained models (README)
         "jobs": 2,  # two one-thread stages at a time on a 2-core machine
     },
@@ -94,6 +96,7 @@ SCALES = {
         "classifier_flags": [], "subdigits_classifier_flags": [], "three_way_flags": [], "conditional_flags": [],
         "classifier_steps": {},
         "sample_steps": {2: 500, 3: 500}, "sample_flags": ["--batch-size", "128"],
+        "individual_samples": 512, "individual_steps": 500,
         "precision": "float32", "denoise_last_step": False, "jobs": 1,
     },
 }
@@ -277,13 +280,14 @@ def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Pa
     (pending ones marked), then stage times; also README's tables between the markers named after out_dir
     (<!-- results:cpu --> ... <!-- /results:cpu --> for results/cpu), where README has them."""
     rows = ["| composition | λ | steps | n | support precision (95% CI) | TV to exact target (95% CI) | "
-            "TV of n exact draws | unrecognisable | grid |", "|---|---|---|---|---|---|---|---|---|"]
+            "TV of n exact draws | unrecognisable | plug-in target's support precision | grid |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for _, models, observations, scales in SHOWCASE:
         stem = composition_stem(models, observations, scales)
         name = f"{'/'.join(models)} y={tuple(observations)} | {', '.join(f'{s:g}' for s in scales)}"
         report_path = out_dir / f"{stem}_eval.json"
         if not report_path.exists():
-            rows.append(f"| {name} | – | – | pending | | | | |")
+            rows.append(f"| {name} | – | – | pending | | | | | |")
             continue
         report = json.loads(report_path.read_text())
         settings_path = out_dir / f"{stem}.json"
@@ -294,10 +298,11 @@ def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Pa
         name += f" | {settings.get('num_steps', '?')}"
         lo, hi = report["support_precision_ci"]
         tv_lo, tv_hi = report["tv_distance_ci"]
+        plug_in = f"{report['plug_in_target']['support_precision']:.1%}" if "plug_in_target" in report else "–"
         rows.append(f"| {name} | {report['num_samples']} | {report['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
                     f"{report['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | "
                     f"{report['tv_of_exact_samples']['mean']:.3f} | {report['unrecognisable_share']:.1%} | "
-                    f"[png]({out_dir.name}/{stem}.png) |")
+                    f"{plug_in} | [png]({out_dir.name}/{stem}.png) |")
     timed = [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items() if seconds >= 1]
     times = "\n".join(["| stage | wall time (s) |", "|---|---|", *timed])
     path = out_dir.parent / f"{out_dir.name}.md"
@@ -397,6 +402,17 @@ def main(argv=None):
     denoise = settings["denoise_last_step"] if config["DENOISE_LAST_STEP"] is None else config["DENOISE_LAST_STEP"]
     sample_flags = [*settings["sample_flags"], "--precision", precision, *seed,
                     "--denoise-last-step" if denoise else "--no-denoise-last-step"]
+    # Each base model alone, evaluated: the rows' plug-in targets (what these base models allow).
+    base_evaluations = {}
+    for g in exports:
+        individual = out_dir / f"individual_{g}.pt"
+        steps = config["NUM_STEPS"] or settings["individual_steps"]
+        sampled = pipeline.stage(f"sample individual {g}", [individual], [
+            "sample_individual_model.py", "--gen-idx", g, "--ckpt-dir", str(export_dir), "--out-dir", str(out_dir),
+            "--num-samples", str(settings["individual_samples"]), *sample_flags, "--num-steps", str(steps)],
+            after=[exports[g]])
+        base_evaluations[g] = pipeline.stage(f"evaluate individual {g}", [out_dir / f"individual_{g}_eval.json"],
+                                             ["evaluate_composition.py", str(individual)], after=[sampled])
     # The 3-way rows, the longest, first: in a parallel run the last stages then end close together.
     for script, models, observations, scales in sorted(SHOWCASE, key=lambda row: len(row[1]) < 3):
         stem = composition_stem(models, observations, scales)
@@ -407,7 +423,9 @@ def main(argv=None):
                                                 config["NUM_SAMPLES"], [*sample_flags, "--num-steps", str(steps)]),
                                  after=[*(exports[g] for g in models), *classifiers])
         pipeline.stage(f"evaluate {stem}", [out_dir / f"{stem}_eval.json"],
-                       ["evaluate_composition.py", str(out_dir / f"{stem}.pt")], after=[sampled])
+                       ["evaluate_composition.py", str(out_dir / f"{stem}.pt"), "--base-evaluations",
+                        *(str(out_dir / f"individual_{g}_eval.json") for g in models)],
+                       after=[sampled, *(base_evaluations[g] for g in models)])
 
     pipeline.run()
     if not config["DRY_RUN"]:

@@ -27,17 +27,22 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     needs = {stage.name: set(stage.after) for stage in pipeline.stages}
     assert needs["3-way conditional classifier"] >= {"export 3-way classifier", "export MN3"}
     assert needs["sample composition_1_2_y1-1_y2-2_g20"] == {"export 1", "export 2", "export classifier 1/2"}
+    # Every row is also evaluated against the composition of its base models as they sample (plug-in target).
+    assert needs["evaluate composition_1_2_y1-1_y2-2_g20"] == {
+        "sample composition_1_2_y1-1_y2-2_g20", "evaluate individual 1", "evaluate individual 2"}
+    assert needs["sample individual MN3"] == {"export MN3"}
     assert needs["sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3_g10_g75"] == {
         "export MN1", "export MN2", "export MN3", "export 3-way classifier", "export 3-way conditional classifier"}
     assert names[0] == "base MN1"  # the longest chain first
-    assert sum(n.startswith("evaluate") for n in names) == len(reproduce.SHOWCASE)
+    assert sum(n.startswith("evaluate composition") for n in names) == len(reproduce.SHOWCASE)
+    assert sum(n.startswith("evaluate individual") for n in names) == 7
     sample = next(line for line in lines if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
     assert "--num-steps 250" in sample and "--precision bfloat16" in sample
     # The 3-way rows take the reference's 500 steps at the cpu scale too; --num-steps sets every row.
     three_way_sample = next(line for line in lines if "sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3" in line)
     assert "--num-steps 500" in three_way_sample and "--num-steps 250" not in three_way_sample
     lines_300 = stage_lines(capsys, ["--dry-run", *dirs, "--num-steps", "300", "--only", "^sample"])
-    assert len(lines_300) == len(reproduce.SHOWCASE) and all("--num-steps 300 " in line for line in lines_300)
+    assert len(lines_300) == len(reproduce.SHOWCASE) + 7 and all("--num-steps 300" in line for line in lines_300)
     # The cpu scale trains the 3-way classifier for fewer steps and exports it under the reference name.
     three_way = next(line for line in lines if line.startswith("[run ] 3-way classifier"))
     assert "--steps 300" in three_way
@@ -75,8 +80,8 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
 def test_another_seed_is_a_replicate_in_its_own_directories(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default directories are relative to the working directory
     lines = stage_lines(capsys, ["--dry-run", "--seed", "2"])
-    # Every training and sampling stage: 7 base models, 4 classifiers, the showcase samples.
-    assert sum("--seed 2 " in line for line in lines) == 7 + 4 + len(reproduce.SHOWCASE)
+    # Every training and sampling stage: 7 base models, 4 classifiers, each base model alone, the showcase.
+    assert sum("--seed 2 " in line for line in lines) == 7 + 4 + 7 + len(reproduce.SHOWCASE)
     base = next(line for line in lines if line.startswith("[run ] base MN1:"))
     sample = next(line for line in lines if line.startswith("[run ] sample composition_1_2_y1-1_y2-2_g20:"))
     # Neither the seed-0 run's finished stages nor the committed checkpoints are touched.
@@ -178,8 +183,12 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
     assert f"[png](results/cpu/{stem}.png)" in readme
     assert readme.endswith("|\n<!-- /results:cpu -->\nrest\n") and readme.count("bfloat16") == 1
     assert "| 20 (bfloat16, last step denoised) | 250 | 512 |" in text and text.count("bfloat16") == 1
-    assert f"| 20 | ? | 512 | 97.0% (95.0%–98.0%) | 0.050 (0.030–0.070) | 0.010 | 2.0% | [png](cpu/{stem}.png) |" \
+    assert f"| 20 | ? | 512 | 97.0% (95.0%–98.0%) | 0.050 (0.030–0.070) | 0.010 | 2.0% | – | [png](cpu/{stem}.png) |" \
         in text
+    # An evaluation against the base models' own samples adds the plug-in target's support precision.
+    report = json.loads((out_dir / f"{second}_eval.json").read_text())
+    (out_dir / f"{second}_eval.json").write_text(json.dumps({**report, "plug_in_target": {"support_precision": 0.775}}))
+    assert "| 2.0% | 77.5% | [png]" in reproduce.write_summary(out_dir, "cpu", {}).read_text()
     assert text.count("pending") == len(reproduce.SHOWCASE) - 2
     assert "| base M1 | 100 |" in text and "export M1" not in text
     # A run dir without timings (rows sampled elsewhere) gets no empty stage table.
