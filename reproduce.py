@@ -157,10 +157,14 @@ class Pipeline:
         self.stages.append(Stage(name, [Path(p) for p in outputs], command, action, tuple(after)))
         return name
 
+    def selects(self, name: str) -> bool:
+        """Whether --only lets the stage of this name run."""
+        return self.only is None or re.search(self.only, name) is not None
+
     def run(self):
         """A stage is skipped when its outputs exist and none of the stages it reads from ran in this call
         (outputs made from older inputs are redone)."""
-        selected = [s for s in self.stages if self.only is None or re.search(self.only, s.name)]
+        selected = [s for s in self.stages if self.selects(s.name)]
         done = {s.name for s in self.stages if s not in selected}  # outside --only: taken as done
         ran = set()  # the stages that ran (or would run, in a dry run) in this call
         if self.dry_run:
@@ -422,9 +426,14 @@ def main(argv=None):
                                  sample_command(script, models, observations, scales, export_dir, out_dir,
                                                 config["NUM_SAMPLES"], [*sample_flags, "--num-steps", str(steps)]),
                                  after=[*(exports[g] for g in models), *classifiers])
+        # Against the plug-in target where the base models' own evaluations exist or are made in this call
+        # (an --only that leaves them out would otherwise fail here).
+        individual_evaluations = [out_dir / f"individual_{g}_eval.json" for g in models]
+        plug_in = all(pipeline.selects(base_evaluations[g]) or path.exists()
+                      for g, path in zip(models, individual_evaluations))
         pipeline.stage(f"evaluate {stem}", [out_dir / f"{stem}_eval.json"],
-                       ["evaluate_composition.py", str(out_dir / f"{stem}.pt"), "--base-evaluations",
-                        *(str(out_dir / f"individual_{g}_eval.json") for g in models)],
+                       ["evaluate_composition.py", str(out_dir / f"{stem}.pt"),
+                        *(["--base-evaluations", *map(str, individual_evaluations)] if plug_in else [])],
                        after=[sampled, *(base_evaluations[g] for g in models)])
 
     pipeline.run()

@@ -62,9 +62,14 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--no-denoise-last-step", "--only", "^sample"])
     assert lines and all("--no-denoise-last-step" in line for line in lines)
 
-    # --only runs the matching stages alone.
+    # --only runs the matching stages alone; rows whose base models were not sampled alone are evaluated
+    # against the exact target only.
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--only", "_g1$"])
     assert lines and all(line.endswith("_g1") or "_g1:" in line or "_g1.pt" in line for line in lines)
+    assert not any("--base-evaluations" in line for line in lines)
+    lines = stage_lines(capsys, ["--dry-run", *dirs, "--only", "_g1$|individual (1|2)$"])
+    assert "--base-evaluations" in next(line for line in lines if line.startswith("[run ] evaluate composition_1_2"))
+    assert "--base-evaluations" not in next(line for line in lines if line.startswith("[run ] evaluate composition_M1"))
 
     # A finished base model is skipped; a half-finished one resumes.
     (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")  # not the last of the cpu-bf16 preset's 24 epochs
