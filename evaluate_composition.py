@@ -50,8 +50,8 @@ OUT_DIR = None  # None: beside the samples
 BASE_EVALUATIONS = []  # the base models' <individual>_eval.json, in model order: adds the plug-in target
 DATA_ROOT = "data"
 
-OVERRIDABLE = ["SAMPLES", "MODELS", "OBSERVATIONS", "ORACLE", "CONFIDENCE_THRESHOLD", "BOOTSTRAP", "CI_LEVEL", "SEED", "BASE_EVALUATIONS",
-               "OUT_DIR", "DATA_ROOT"]
+OVERRIDABLE = ["SAMPLES", "MODELS", "OBSERVATIONS", "ORACLE", "CONFIDENCE_THRESHOLD", "BOOTSTRAP", "CI_LEVEL", "SEED",
+               "BASE_EVALUATIONS", "OUT_DIR", "DATA_ROOT"]
 UNRECOGNISABLE = "unrecognisable"
 
 
@@ -104,7 +104,7 @@ def composition_metrics(cells, target, bootstrap=BOOTSTRAP, ci_level=CI_LEVEL, s
     exact_tv = 0.5 * np.abs(rng.multinomial(n, target_share, size=bootstrap) / n - target_share).sum(axis=1)
 
     cell_ci = percentile_interval(boot_measured, ci_level)
-    rows = [{"cell": key if key == UNRECOGNISABLE else cell_name(key), "target": float(target_share[i]),
+    rows = [{"cell": row_name(key), "target": float(target_share[i]),
              "measured": float(measured[i]), "measured_ci": cell_ci[:, i].tolist(), "count": int(counts[i])}
             for i, key in enumerate(keys)]
     return {"num_samples": n, "ci_level": ci_level, "bootstrap": bootstrap, "seed": seed, "cells": rows,
@@ -116,8 +116,13 @@ def composition_metrics(cells, target, bootstrap=BOOTSTRAP, ci_level=CI_LEVEL, s
             "unrecognisable_share": float(measured[-1])}
 
 
+def row_name(cell) -> str:
+    """A report row's name: "grey 4" for (4, "grey"); UNRECOGNISABLE stays itself."""
+    return cell if cell == UNRECOGNISABLE else cell_name(cell)
+
+
 def parse_cell(name):
-    """"grey 4" -> (4, "grey"); UNRECOGNISABLE stays itself (the inverse of targets.cell_name)."""
+    """The inverse of row_name: "grey 4" -> (4, "grey"); UNRECOGNISABLE stays itself."""
     if name == UNRECOGNISABLE:
         return name
     colour, digit = name.rsplit(" ", 1)
@@ -252,8 +257,11 @@ def main(argv=None):
     out_dir = ensure_writable_dir(config["OUT_DIR"] or samples_path.parent)
 
     target = target_distribution(meta["models"], meta["observations"], config["DATA_ROOT"])
+    if config["BASE_EVALUATIONS"]:  # read before the oracle runs: bad input fails fast
+        plug_in, sizes = plug_in_target(config["BASE_EVALUATIONS"], meta["models"], meta["observations"])
     prediction = predict(load_oracle(config["ORACLE"]), samples, config["CONFIDENCE_THRESHOLD"])
-    metrics = composition_metrics(sample_cells(prediction), target, config["BOOTSTRAP"], config["CI_LEVEL"],
+    cells = sample_cells(prediction)
+    metrics = composition_metrics(cells, target, config["BOOTSTRAP"], config["CI_LEVEL"],
                                   config["SEED"])
     reasons = unrecognisable_reasons(prediction)
     print_report(samples_path, meta, metrics, reasons)
@@ -261,12 +269,11 @@ def main(argv=None):
     report = {"samples": str(samples_path), "meta": meta, "oracle": str(config["ORACLE"]),
               "confidence_threshold": config["CONFIDENCE_THRESHOLD"], **metrics, "unrecognisable_reasons": reasons}
     if config["BASE_EVALUATIONS"]:
-        plug_in, sizes = plug_in_target(config["BASE_EVALUATIONS"], meta["models"], meta["observations"])
-        to_plug_in = composition_metrics(sample_cells(prediction), plug_in, config["BOOTSTRAP"], config["CI_LEVEL"],
+        to_plug_in = composition_metrics(cells, plug_in, config["BOOTSTRAP"], config["CI_LEVEL"],
                                          config["SEED"])
         report["plug_in_target"] = {
             "base_evaluations": [str(path) for path in config["BASE_EVALUATIONS"]], "base_samples": sizes,
-            "cells": {UNRECOGNISABLE if cell == UNRECOGNISABLE else cell_name(cell): p for cell, p in plug_in.items()},
+            "cells": {row_name(cell): p for cell, p in plug_in.items()},
             "support_precision": sum(p for cell, p in plug_in.items() if cell in target),
             **{key: to_plug_in[key] for key in ["tv_distance", "tv_distance_ci", "tv_of_exact_samples"]}}
         print_plug_in(report["plug_in_target"], metrics["ci_level"])
