@@ -54,17 +54,22 @@ ONLY = None  # a regular expression: run only the stages whose name it matches (
 WALL_TIME_KEY = "whole run (wall time of the last reproduce.py call)"
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
-# Classifier trajectory pools at the cpu scale: 250 PC steps on the fast sampling path. At 100 steps the
-# terminal states are noise (README, Performance, "Steps versus quality"), so the terminal loss and the
-# conditional classifier's soft targets were computed on noise. The pools end as the showcase samples do,
-# with a denoising step: the terminal states the classifiers learn from are then the kind the sampler returns.
-CPU_POOL_SAMPLING = ["--trajectory-steps", "250", "--compile", "--precision", "bfloat16", "--denoise-last-step"]
+# Classifier trajectory pools at the cpu scale, on the fast sampling path and ending with a denoising step.
+# Without that step 100-step trajectories ended in noise; with it a base model's samples are as good at 100 steps
+# as at 250 (README, "Steps versus quality"), so the joint classifiers' pools of base-model samples take 100
+# (0.4x the cost). The conditional classifier's pools are guided compositions, which do need the steps: on
+# 100-step pools MN (2,2,3) fell to 5% where the 250-step one gave 99.6% (README).
+POOL_SAMPLING = ["--compile", "--precision", "bfloat16", "--denoise-last-step"]
+BASE_POOL_SAMPLING = ["--trajectory-steps", "100", *POOL_SAMPLING]
+COMPOSITION_POOL_SAMPLING = ["--trajectory-steps", "250", *POOL_SAMPLING]
 
 SCALES = {
     "cpu": {
         "base_preset": "cpu-bf16", "half_precision": True,  # train_diffusion.py --preset of every base model
-        # Trajectory pools: sampling is ~85% of classifier training on CPU, so one pool serves many steps.
-        "classifier_flags": [*CPU_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "100",
+        # Trajectory pools: sampling is most of classifier training on CPU, so one pool serves many steps. 512
+        # trajectories per model serving 50 steps each: 4x the distinct trajectories of the 250-step pools
+        # (256 serving 100) in about their time (the 1/2 row at λ = 20: 67.8% against 63.1%; README).
+        "classifier_flags": [*BASE_POOL_SAMPLING, "--pool-size", "512", "--pool-reuse", "50",
                              "--batch-size", "64", "--classifier-channels", "16", "32", "--test-samples", "100",
                              "--test-every", "50", "--ckpt-every", "50"],
         # The 1/2 classifier has to tell digits apart: with the reference's 0.97 decay per step the step size
@@ -72,12 +77,11 @@ SCALES = {
         "subdigits_classifier_flags": ["--lr-decay", "0.99"],
         # 3-way: every pooled trajectory serves about 12 minibatches (reuse 50 x batch 64 / pool 256). Serving
         # each 87 times over 700 steps (reuse 350) collapsed the joint table onto its diagonal (README). The
-        # non-terminal loss trains on 4% of the steps with t <= 0.7 (the reference: 10% of 500): 7 states per
-        # trajectory, as the 100-step pools had; 10% of 250 steps made this the longest stage (README).
-        "three_way_flags": [*CPU_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "50", "--step-fraction", "0.04",
+        # non-terminal loss trains on the reference's 10% of the steps with t <= 0.7: 7 states per trajectory.
+        "three_way_flags": [*BASE_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "50",
                             "--batch-size", "64", "--classifier-channels", "32", "48", "--test-samples", "100",
                             "--test-every", "50", "--ckpt-every", "50"],
-        "conditional_flags": [*CPU_POOL_SAMPLING, "--pool-size", "64", "--pool-reuse", "50",
+        "conditional_flags": [*COMPOSITION_POOL_SAMPLING, "--pool-size", "64", "--pool-reuse", "50",
                               "--batch-size", "16", "--classifier-channels", "32", "32", "--test-samples", "32",
                               "--test-every", "25", "--ckpt-every", "25"],
         "classifier_steps": {"3way_classifier": 300, "3way_conditional_classifier": 100},

@@ -55,6 +55,9 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--lr-decay 0.99" in next(line for line in lines if line.startswith("[run ] classifier 1/2:"))
     assert "--lr-decay" not in next(line for line in lines if line.startswith("[run ] classifier M1/M2:"))
     assert "--denoise-last-step" in sample and "--denoise-last-step" in three_way and "--denoise-last-step" in conditional
+    # Pools of base-model samples take 100 steps (clean only with that denoising step); the conditional
+    # classifier's pools of guided compositions take 250.
+    assert "--trajectory-steps 100 " in three_way and "--trajectory-steps 250 " in conditional
     # The exported epoch: the last of a short preset's run, else the reference's 195 (of 200 epochs).
     assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-bf16", "paper"]] == [11, 23, 195]
 
