@@ -261,16 +261,18 @@ def main(argv=None):
         plug_in, sizes = plug_in_target(config["BASE_EVALUATIONS"], meta["models"], meta["observations"])
     prediction = predict(load_oracle(config["ORACLE"]), samples, config["CONFIDENCE_THRESHOLD"])
     cells = sample_cells(prediction)
-    metrics = composition_metrics(cells, target, config["BOOTSTRAP"], config["CI_LEVEL"],
-                                  config["SEED"])
+
+    def metrics_against(distribution):  # the same samples and bootstrap settings for either target
+        return composition_metrics(cells, distribution, config["BOOTSTRAP"], config["CI_LEVEL"], config["SEED"])
+
+    metrics = metrics_against(target)
     reasons = unrecognisable_reasons(prediction)
     print_report(samples_path, meta, metrics, reasons)
 
     report = {"samples": str(samples_path), "meta": meta, "oracle": str(config["ORACLE"]),
               "confidence_threshold": config["CONFIDENCE_THRESHOLD"], **metrics, "unrecognisable_reasons": reasons}
     if config["BASE_EVALUATIONS"]:
-        to_plug_in = composition_metrics(cells, plug_in, config["BOOTSTRAP"], config["CI_LEVEL"],
-                                         config["SEED"])
+        to_plug_in = metrics_against(plug_in)
         report["plug_in_target"] = {
             "base_evaluations": [str(path) for path in config["BASE_EVALUATIONS"]], "base_samples": sizes,
             "cells": {row_name(cell): p for cell, p in plug_in.items()},
