@@ -11,6 +11,7 @@ import gzip
 import importlib.util
 import pickle
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +58,13 @@ def _offline_pickle_path():
 
 
 def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    # A temporary file of its own per writer, then an atomic rename: reproduce.py starts two training stages at
+    # once on a fresh clone, and both materialise MNIST (a shared temporary name made one fail).
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
         f.write(struct.pack(">I", magic))
         f.write(struct.pack(f">{array.ndim}I", *array.shape))
         f.write(array.astype(np.uint8).tobytes())
-    tmp.replace(path)
+    Path(f.name).replace(path)
 
 
 def materialise_offline_mnist(root) -> bool:

@@ -34,6 +34,7 @@ import torch
 
 import train_diffusion
 from cli import UserError, override_globals, run_main
+from custom_datasets import load_mnist
 from models.fast_paths import PRECISIONS
 from utils import atomic_save, composition_stem, ensure_writable_dir, half_state_dict
 
@@ -285,8 +286,8 @@ def sample_command(script, models, observations, scales, export_dir, out_dir, nu
 
 def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Path:
     """<out_dir>.md beside out_dir (results/<scale>.md by default): one evaluation row per showcase composition
-    (pending ones marked), then stage times; also README's tables between the markers named after out_dir
-    (<!-- results:cpu --> ... <!-- /results:cpu --> for results/cpu), where README has them."""
+    (pending ones marked), then stage times; also the tables between the markers named after out_dir
+    (<!-- results:cpu --> ... <!-- /results:cpu --> for results/cpu) in README and docs/*.md, where they have them."""
     rows = ["| composition | λ | steps | n | support precision (95% CI) | TV to exact target (95% CI) | "
             "TV of n exact draws | unrecognisable | plug-in target's support precision | grid |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -314,29 +315,34 @@ def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Pa
     timed = [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items() if seconds >= 1]
     times = "\n".join(["| stage | wall time (s) |", "|---|---|", *timed])
     path = out_dir.parent / f"{out_dir.name}.md"
-    # No stage table when the run dir holds no timings (e.g. --summary-only over rows sampled elsewhere).
+    heading = "\n\nStage wall times (this machine):\n\n"
+    times_section = f"{heading}{times}\n" if timed else ""
+    if not timed and path.exists() and heading in path.read_text():
+        # A run dir without timings (--summary-only over rows sampled elsewhere, or a run dir since deleted)
+        # keeps the times an earlier call measured.
+        times_section = heading + path.read_text().split(heading, 1)[1]
     command = f"python reproduce.py --scale {scale}" + (f" --seed {seed}" if seed else "")
     path.write_text(f"Written by `{command}` into `{Path(os.path.relpath(out_dir))}/` "
-                    f"(README gives the full commands).\n\n" + "\n".join(rows)
-                    + (f"\n\nStage wall times (this machine):\n\n{times}" if timed else "") + "\n")
-    # README lives at the root: its grid links start there.
-    links = f"]({out_dir.name}/", f"]({Path(os.path.relpath(out_dir))}/"
-    update_readme(Path("README.md"), f"results:{out_dir.name}", "\n".join(rows).replace(*links))
-    if timed:
-        update_readme(Path("README.md"), f"times:{out_dir.name}", times)
+                    f"(README gives the full commands).\n\n" + "\n".join(rows) + (times_section or "\n"))
+    for document in [Path("README.md"), *sorted(Path("docs").glob("*.md"))]:
+        # A document's grid links start at its own folder (README: the root; docs/: one level down).
+        links = f"]({out_dir.name}/", f"]({Path(os.path.relpath(out_dir, document.parent))}/"
+        update_markers(document, f"results:{out_dir.name}", "\n".join(rows).replace(*links))
+        if timed:
+            update_markers(document, f"times:{out_dir.name}", times)
     return path
 
 
-def update_readme(readme: Path, marker: str, text: str) -> None:
-    """Replace what lies between <!-- marker --> and <!-- /marker --> in README, if it has them."""
-    if not readme.exists():
+def update_markers(document: Path, marker: str, text: str) -> None:
+    """Replace what lies between <!-- marker --> and <!-- /marker --> in a Markdown document, if it has them."""
+    if not document.exists():
         return
-    content = readme.read_text()
+    content = document.read_text()
     start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     if start in content and end in content:
         before, rest = content.split(start, 1)
         after = rest.split(end, 1)[1]
-        readme.write_text(f"{before}{start}\n{text}\n{end}{after}")
+        document.write_text(f"{before}{start}\n{text}\n{end}{after}")
 
 
 def main(argv=None):
@@ -440,6 +446,10 @@ def main(argv=None):
                         *(["--base-evaluations", *map(str, individual_evaluations)] if plug_in else [])],
                        after=[sampled, *(base_evaluations[g] for g in models)])
 
+    if not config["DRY_RUN"]:
+        # Fetched once before stages start side by side, so that they don't each download or write MNIST.
+        for train in (True, False):
+            load_mnist(train=train)
     pipeline.run()
     if not config["DRY_RUN"]:
         print(write_summary(out_dir, scale, pipeline.timings, config["SEED"]).read_text())

@@ -5,7 +5,7 @@ import torch
 from torchvision.datasets import MNIST
 
 from cli import UserError
-from custom_datasets import BASE_DATASETS, COLOURS, ColouredMNIST, dataset_spec, load_mnist
+from custom_datasets import _write_idx, BASE_DATASETS, COLOURS, ColouredMNIST, dataset_spec, load_mnist
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
@@ -66,3 +66,38 @@ def test_offline_copy_recovers_exact_bytes(data_root):
     # uint8 / 256 round trip is exact, so every byte value occurs and none is off by rounding.
     values = np.unique(images.numpy())
     assert values[0] == 0 and values[-1] == 255 and len(values) == 256
+
+
+
+
+def test_two_writers_of_one_idx_file_at_once_both_succeed(tmp_path):
+    """reproduce.py starts two training stages together on a fresh clone, and both write MNIST into one folder.
+    Both writers hold their temporary file open before either renames it (a barrier in the array's conversion)."""
+    import threading
+
+    both_writing = threading.Barrier(2, timeout=10)
+
+    class WaitingArray(np.ndarray):
+        def astype(self, dtype):
+            both_writing.wait()
+            return np.asarray(self).astype(dtype)
+
+    pixels = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    path = tmp_path / "train-images-idx3-ubyte"
+    errors = []
+
+    def write():
+        try:
+            _write_idx(path, pixels.view(WaitingArray), 2051)
+        except Exception as error:  # collected: an exception in a thread would not fail the test
+            errors.append(error)
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert errors == []
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    header = np.frombuffer(path.read_bytes()[:16], dtype=">u4").tolist()
+    assert header == [2051, 2, 28, 28] and path.read_bytes()[16:] == pixels.tobytes()

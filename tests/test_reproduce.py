@@ -170,15 +170,21 @@ def test_export_halves_storage_and_loading_restores_float32(tmp_path):
         torch.testing.assert_close(loaded.state_dict()[key], value, atol=2e-3, rtol=1e-3)
 
 
-def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    out_dir = tmp_path / "results" / "cpu"
+def write_first_row_evaluation(out_dir):
+    """An evaluation report for the first showcase row in out_dir, as evaluate_composition.py writes it; its stem."""
     out_dir.mkdir(parents=True)
     _, models, observations, scales = reproduce.SHOWCASE[0]
     stem = reproduce.composition_stem(models, observations, scales)
     (out_dir / f"{stem}_eval.json").write_text(json.dumps({
         "num_samples": 512, "support_precision": 0.97, "support_precision_ci": [0.95, 0.98], "tv_distance": 0.05,
         "tv_distance_ci": [0.03, 0.07], "tv_of_exact_samples": {"mean": 0.01}, "unrecognisable_share": 0.02}))
+    return stem
+
+
+def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "results" / "cpu"
+    stem = write_first_row_evaluation(out_dir)
     _, models, observations, scales = reproduce.SHOWCASE[1]
     second = reproduce.composition_stem(models, observations, scales)
     (out_dir / f"{second}_eval.json").write_text((out_dir / f"{stem}_eval.json").read_text())
@@ -196,10 +202,14 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
     # An evaluation against the base models' own samples adds the plug-in target's support precision.
     report = json.loads((out_dir / f"{second}_eval.json").read_text())
     (out_dir / f"{second}_eval.json").write_text(json.dumps({**report, "plug_in_target": {"support_precision": 0.775}}))
-    assert "| 2.0% | 77.5% | [png]" in reproduce.write_summary(out_dir, "cpu", {}).read_text()
+    rewritten = reproduce.write_summary(out_dir, "cpu", {}).read_text()
+    assert "| 2.0% | 77.5% | [png]" in rewritten
     assert text.count("pending") == len(reproduce.SHOWCASE) - 2
     assert "| base M1 | 100 |" in text and "export M1" not in text
-    # A run dir without timings (rows sampled elsewhere) gets no empty stage table.
+    # A run dir without timings (rows sampled elsewhere, or the run dir since deleted) keeps the times measured
+    # before, and a summary that had none gets no empty stage table.
+    assert rewritten.endswith("| base M1 | 100 |\n") and rewritten.count("Stage wall times") == 1
+    (out_dir.parent / "cpu.md").unlink()
     assert "Stage wall times" not in reproduce.write_summary(out_dir, "cpu", {}).read_text()
 
 
@@ -213,6 +223,18 @@ def test_summary_of_another_out_dir_leaves_readme_alone(tmp_path, monkeypatch):
     assert path == tmp_path / "results" / "cpu_fresh.md" and "| base M1 | 10 |" in path.read_text()
     assert (tmp_path / "README.md").read_text() == readme
     assert "`python reproduce.py --scale cpu --seed 3`" in reproduce.write_summary(out_dir, "cpu", {}, seed=3).read_text()
+
+
+def test_summary_rewrites_the_tables_of_docs_with_links_from_their_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    history = "<!-- results:cpu_old -->\nold\n<!-- /results:cpu_old -->\n<!-- times:cpu_old -->\nold\n<!-- /times:cpu_old -->\n"
+    (tmp_path / "docs" / "history.md").write_text(history)
+    out_dir = tmp_path / "results" / "cpu_old"
+    stem = write_first_row_evaluation(out_dir)
+    reproduce.write_summary(out_dir, "cpu", {"base M1": 10.0})
+    text = (tmp_path / "docs" / "history.md").read_text()
+    assert f"[png](../results/cpu_old/{stem}.png)" in text and "| base M1 | 10 |" in text and "old\n" not in text
 
 
 def test_progress_line_is_the_outer_bar_of_nested_ones(tmp_path):
