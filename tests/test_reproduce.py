@@ -48,7 +48,7 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--steps 300" in three_way
     conditional = next(line for line in lines if line.startswith("[run ] 3-way conditional classifier"))
     assert "3way_classifier_ckpt_700.pth" in conditional
-    # Every base model trains with the cpu-bf16 preset (24 epochs); only the 1/2 classifier decays its step
+    # Every base model trains with the cpu-bf16 preset (bfloat16); only the 1/2 classifier decays its step
     # size more slowly. Showcase samples and classifier pools end with a denoising step.
     for name in ["base 1", "base MN1"]:
         assert "--preset cpu-bf16 " in next(line for line in lines if line.startswith(f"[run ] {name}:"))
@@ -60,6 +60,11 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--trajectory-steps 100 " in three_way and "--trajectory-steps 250 " in conditional
     # The exported epoch: the last of a short preset's run, else the reference's 195 (of 200 epochs).
     assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-bf16", "paper"]] == [11, 23, 195]
+    # The grey models train twice the preset's epochs at the cpu scale; the coloured ones the preset's.
+    base = {line.split(":")[0][7:]: line for line in lines if line.startswith("[run ] base ")}
+    assert all("--epochs 48" in base[f"base {g}"] for g in ["1", "2"])
+    assert not any("--epochs" in base[f"base {g}"] for g in ["M1", "M2", "MN1", "MN2", "MN3"])
+    assert needs["export 1"] == {"base 1"} and reproduce.final_epoch("cpu-bf16", 48) == 47
 
     # --no-denoise-last-step restores the reference's last step in the showcase samples (not in the pools).
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--no-denoise-last-step", "--only", "^sample"])
@@ -76,7 +81,7 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
 
     # A finished base model is skipped; a half-finished one resumes.
     (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")  # not the last of the cpu-bf16 preset's 24 epochs
-    (tmp_path / "run" / "gen_1_ckpt_23.pth").write_bytes(b"")
+    (tmp_path / "run" / "gen_1_ckpt_47.pth").write_bytes(b"")
     (tmp_path / "run" / "gen_M2_train_state.pth").write_bytes(b"")
     lines = stage_lines(capsys, ["--dry-run", *dirs])
     assert any(line.startswith("[run ] base M1:") for line in lines)
