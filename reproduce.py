@@ -69,7 +69,7 @@ SCALES = {
         "base_preset": "cpu-bf16", "half_precision": True,  # train_diffusion.py --preset of every base model
         # The grey models 1 and 2 train twice the preset's 24 epochs: their malformed digits bounded the subdigits
         # row (24 epochs: 11.7% of model 1's samples unrecognisable, the row at λ = 20 69.7%; 48 epochs: 5.9% and
-        # 87.5%; README). The coloured models, read mostly by colour, meet their targets at 24.
+        # 87.3%; README). The coloured models, read mostly by colour, meet their targets at 24.
         "base_epochs": {"1": 48, "2": 48},
         # Trajectory pools: sampling is most of classifier training on CPU, so one pool serves many steps. 512
         # trajectories per model serving 50 steps each: 4x the distinct trajectories of the 250-step pools
