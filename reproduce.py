@@ -34,7 +34,7 @@ import torch
 
 import train_diffusion
 from cli import UserError, override_globals, run_main
-from custom_datasets import load_mnist
+from custom_datasets import ensure_mnist
 from models.fast_paths import PRECISIONS
 from utils import atomic_save, composition_stem, ensure_writable_dir, half_state_dict
 
@@ -321,11 +321,12 @@ def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Pa
     times = "\n".join(["| stage | wall time (s) |", "|---|---|", *timed])
     path = out_dir.parent / f"{out_dir.name}.md"
     heading = "\n\nStage wall times (this machine):\n\n"
+    previous = path.read_text() if path.exists() else ""
     times_section = f"{heading}{times}\n" if timed else ""
-    if not timed and path.exists() and heading in path.read_text():
+    if not timed and heading in previous:
         # A run dir without timings (--summary-only over rows sampled elsewhere, or a run dir since deleted)
         # keeps the times an earlier call measured.
-        times_section = heading + path.read_text().split(heading, 1)[1]
+        times_section = heading + previous.split(heading, 1)[1]
     command = f"python reproduce.py --scale {scale}" + (f" --seed {seed}" if seed else "")
     path.write_text(f"Written by `{command}` into `{Path(os.path.relpath(out_dir))}/` "
                     f"(README gives the full commands).\n\n" + "\n".join(rows) + (times_section or "\n"))
@@ -455,7 +456,7 @@ def main(argv=None):
     if not config["DRY_RUN"]:
         # Fetched once before stages start side by side, so that they don't each download or write MNIST.
         for train in (True, False):
-            load_mnist(train=train)
+            ensure_mnist(train=train)
     pipeline.run()
     if not config["DRY_RUN"]:
         print(write_summary(out_dir, scale, pipeline.timings, config["SEED"]).read_text())

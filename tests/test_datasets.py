@@ -68,8 +68,6 @@ def test_offline_copy_recovers_exact_bytes(data_root):
     assert values[0] == 0 and values[-1] == 255 and len(values) == 256
 
 
-
-
 def test_two_writers_of_one_idx_file_at_once_both_succeed(tmp_path):
     """reproduce.py starts two training stages together on a fresh clone, and both write MNIST into one folder.
     Both writers hold their temporary file open before either renames it (a barrier in the array's conversion)."""
