@@ -12,9 +12,18 @@ A classifier that matches on real images can still differ on samples, where the 
 models' own artefacts tell them apart; a collapsed joint table (off-diagonal mass near
 0 on shared cells) makes compositions such as (1, 2) pick the wrong cells.
 
+With --samples (a sample script's .pt), the images are those samples instead, grouped
+by the oracle's reading of each (evaluate_composition.py's cells, unrecognisable ones a
+group of their own, with no exact posterior). On a guided composition this shows
+whether guidance found images the classifier reads like the target cells without being
+them: for (1, 2), misses with an off-diagonal mass as high as the 4s' and 5s'.
+
     python evaluate_classifier.py                          # the 3-way joint classifier, MN1-MN3
     python evaluate_classifier.py --classifier-ckpt checkpoints/classifier_ckpt_200.pth --models M1 M2
-Prints a table; writes <OUT_DIR>/<checkpoint stem>_calibration.json.
+    python evaluate_classifier.py --classifier-ckpt checkpoints/subdigits_classifier_ckpt_200.pth \
+        --samples results/cpu/composition_1_2_y1-1_y2-2_g20.pt
+Prints a table; writes <OUT_DIR>/<checkpoint stem>_calibration.json, or with --samples
+<OUT_DIR>/<checkpoint stem>_on_<samples stem>.json.
 """
 import json
 from pathlib import Path
@@ -23,76 +32,122 @@ import torch
 
 from cli import UserError, override_globals, run_main
 from custom_datasets import BASE_DATASETS, DATA_ROOT, colour_images, load_mnist
+from evaluate_composition import UNRECOGNISABLE, load_samples, read_meta, sample_cells
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier, marginal_log_probs
+from models.oracle import ORACLE_PATH, load_oracle, predict
 from samplers.pc_sampler import SAMPLING_EPS
 from targets import cell_name, model_posteriors, validate_composition
 from utils import ensure_writable_dir, load_classifier
 
 CLASSIFIER_CKPT = "checkpoints/3way_classifier_ckpt_700.pth"
-MODELS = ["MN1", "MN2", "MN3"]
+MODELS = []  # empty: MN1 MN2 MN3, or with SAMPLES the models in the .json beside them
 IMAGES_PER_CELL = 200
+SAMPLES = None  # a sample script's .pt: judge the classifier on those samples, grouped by the oracle
+ORACLE = ORACLE_PATH
 TIME = SAMPLING_EPS
 OUT_DIR = "outputs"
 DEVICE = "cpu"
 
-OVERRIDABLE = ["CLASSIFIER_CKPT", "MODELS", "IMAGES_PER_CELL", "TIME", "OUT_DIR", "DEVICE"]
+OVERRIDABLE = ["CLASSIFIER_CKPT", "MODELS", "IMAGES_PER_CELL", "SAMPLES", "ORACLE", "TIME", "OUT_DIR", "DEVICE"]
 CLASSIFIERS = {2: (JointYClassifier, "train_classifier.py"), 3: (ThreeWayJointYClassifier, "train_3way_classifier.py")}
 
 
-@torch.no_grad()
-def calibration(classifier, models, images_per_cell, time, root=DATA_ROOT) -> list:
-    """One row per cell: the classifier's mean marginal and joint table against the exact ones."""
+def real_image_groups(models, images_per_cell, root=DATA_ROOT) -> list:
+    """(cell name, IMAGES_PER_CELL test images coloured like it, exact posterior) for every cell of the datasets."""
     channels = validate_composition(models, [])
     images, labels = load_mnist(root, train=False)
+    return [(cell_name(cell), colour_images(images[labels == cell[0]][:images_per_cell], cell[1], channels).float() / 255.0,
+             posterior) for cell, posterior in model_posteriors(models, root).items()]
+
+
+def sample_groups(samples, models, oracle, root=DATA_ROOT) -> list:
+    """(cell name, the samples the oracle reads as that cell, its exact posterior or None), most samples first."""
+    posteriors = model_posteriors(models, root)
+    cells = sample_cells(predict(oracle, samples))
+    groups = []
+    for cell in sorted(set(cells), key=cells.count, reverse=True):
+        chosen = torch.tensor([c == cell for c in cells])
+        name = UNRECOGNISABLE if cell == UNRECOGNISABLE else cell_name(cell)
+        groups.append((name, samples[chosen].clamp(0.0, 1.0), posteriors.get(cell)))
+    return groups
+
+
+@torch.no_grad()
+def calibration(classifier, groups, time) -> list:
+    """One row per group of images: the classifier's mean marginal and joint table, and the exact ones if known."""
     rows = []
-    for cell, posterior in model_posteriors(models, root).items():
-        digit, colour = cell
-        x = colour_images(images[labels == digit][:images_per_cell], colour, channels).float() / 255.0
+    for name, x, posterior in groups:
         log_joint = classifier(x, torch.full((len(x),), float(time)))  # [n, m, m]
         joint, marginal = log_joint.exp(), marginal_log_probs(log_joint).exp()
-        exact = torch.tensor(posterior)
-        exact_joint = exact[:, None] * exact[None, :]
         off_diagonal = joint.sum(dim=(1, 2)) - torch.diagonal(joint, dim1=1, dim2=2).sum(dim=1)
-        rows.append({"cell": cell_name(cell), "images": len(x),
-                     "marginal": marginal.mean(dim=0).tolist(), "exact_marginal": exact.tolist(),
-                     "mean_top_marginal": float(marginal.max(dim=1).values.mean()),
-                     "joint": joint.mean(dim=0).tolist(), "exact_joint": exact_joint.tolist(),
-                     "off_diagonal_mass": float(off_diagonal.mean()),
-                     "exact_off_diagonal_mass": float(1.0 - (exact ** 2).sum())})
+        row = {"cell": name, "images": len(x), "marginal": marginal.mean(dim=0).tolist(),
+               "mean_top_marginal": float(marginal.max(dim=1).values.mean()),
+               "joint": joint.mean(dim=0).tolist(), "off_diagonal_mass": float(off_diagonal.mean()),
+               "exact_marginal": None, "exact_joint": None, "exact_off_diagonal_mass": None}
+        if posterior is not None:
+            exact = torch.tensor(posterior)
+            row.update(exact_marginal=exact.tolist(), exact_joint=(exact[:, None] * exact[None, :]).tolist(),
+                       exact_off_diagonal_mass=float(1.0 - (exact ** 2).sum()))
+        rows.append(row)
     return rows
 
 
 def print_table(rows, models):
     def vector(values):
-        return "[" + " ".join(f"{v:.2f}" for v in values) + "]"
+        return "[" + " ".join(f"{v:.2f}" for v in values) + "]" if values is not None else "–"
+
+    def number(value, width):
+        return f"{value:>{width}.3f}" if value is not None else f"{'–':>{width}}"
 
     width = 6 * len(models) + 1
-    print(f"{'cell':<9} {'Q(y|x)':>{width}} {'exact':>{width}} {'top':>5} {'off-diag':>8} {'exact':>6}")
+    print(f"{'cell':<14} {'n':>4} {'Q(y|x)':>{width}} {'exact':>{width}} {'top':>5} {'off-diag':>8} {'exact':>6}")
     for row in rows:
-        print(f"{row['cell']:<9} {vector(row['marginal']):>{width}} {vector(row['exact_marginal']):>{width}}"
-              f" {row['mean_top_marginal']:>5.2f} {row['off_diagonal_mass']:>8.3f} {row['exact_off_diagonal_mass']:>6.3f}")
-    marginal_error = sum(abs(a - b) for r in rows for a, b in zip(r["marginal"], r["exact_marginal"]))
-    joint_error = sum(abs(a - b) for r in rows for qa, ea in zip(r["joint"], r["exact_joint"]) for a, b in zip(qa, ea))
-    print(f"mean |Q - exact|: marginal {marginal_error / (len(rows) * len(models)):.3f}, "
-          f"joint {joint_error / (len(rows) * len(models) ** 2):.3f}")
+        print(f"{row['cell']:<14} {row['images']:>4} {vector(row['marginal']):>{width}} "
+              f"{vector(row['exact_marginal']):>{width}} {row['mean_top_marginal']:>5.2f} "
+              f"{number(row['off_diagonal_mass'], 8)} {number(row['exact_off_diagonal_mass'], 6)}")
+    known = [row for row in rows if row["exact_marginal"] is not None]
+    if known:
+        marginal_error = sum(abs(a - b) for r in known for a, b in zip(r["marginal"], r["exact_marginal"]))
+        joint_error = sum(abs(a - b) for r in known for qa, ea in zip(r["joint"], r["exact_joint"])
+                          for a, b in zip(qa, ea))
+        print(f"mean |Q - exact| over cells with an exact posterior: marginal "
+              f"{marginal_error / (len(known) * len(models)):.3f}, joint {joint_error / (len(known) * len(models) ** 2):.3f}")
 
 
 def main(argv=None):
     config = dict(globals())
     override_globals(config, OVERRIDABLE, __doc__, argv, positive=["IMAGES_PER_CELL"],
                      choices={"MODELS": list(BASE_DATASETS)})
-    models = [str(name) for name in config["MODELS"]]
-    if len(models) not in CLASSIFIERS:
-        raise UserError(f"--models: a joint classifier separates 2 or 3 models, got {len(models)}")
     if not 0.0 < config["TIME"] <= 1.0:
         raise UserError(f"--time must be in (0, 1], got {config['TIME']}")
+    samples_path = config["SAMPLES"]
+    if samples_path is None:
+        models = [str(name) for name in config["MODELS"] or ["MN1", "MN2", "MN3"]]
+    else:
+        samples = load_samples(samples_path)
+        models = read_meta(samples_path, config["MODELS"], None)["models"]
+        channels = validate_composition(models, [])
+        if samples.shape[1] != channels:
+            raise UserError(f"{samples_path} holds {samples.shape[1]}-channel samples; models {models} draw "
+                            f"{channels}: pass the --models that drew them")
+    if len(models) not in CLASSIFIERS:
+        raise UserError(f"--models: a joint classifier separates 2 or 3 models, got {len(models)}")
     classifier_class, made_by = CLASSIFIERS[len(models)]
     classifier = load_classifier(config["CLASSIFIER_CKPT"], classifier_class, config["DEVICE"], made_by)
-    rows = calibration(classifier, models, config["IMAGES_PER_CELL"], config["TIME"])
-    print(f"{config['CLASSIFIER_CKPT']} at t = {config['TIME']:g} on MNIST test images, models {models}")
+    stem = Path(config["CLASSIFIER_CKPT"]).stem
+    if samples_path is None:
+        groups, source, out_name = (real_image_groups(models, config["IMAGES_PER_CELL"]), "MNIST test images",
+                                    f"{stem}_calibration.json")
+    else:
+        groups, source, out_name = (sample_groups(samples, models, load_oracle(config["ORACLE"])),
+                                    f"the {len(samples)} samples of {samples_path}, grouped by the oracle",
+                                    f"{stem}_on_{Path(samples_path).stem}.json")
+    rows = calibration(classifier, groups, config["TIME"])
+    print(f"{config['CLASSIFIER_CKPT']} at t = {config['TIME']:g} on {source}, models {models}")
     print_table(rows, models)
-    out = ensure_writable_dir(config["OUT_DIR"]) / f"{Path(config['CLASSIFIER_CKPT']).stem}_calibration.json"
-    out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "cells": rows}, indent=2) + "\n")
+    out = ensure_writable_dir(config["OUT_DIR"]) / out_name
+    out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "models": models, "cells": rows},
+                              indent=2) + "\n")
     print(f"wrote {out}")
     return rows
 
