@@ -26,13 +26,14 @@ Prints a table; writes <OUT_DIR>/<checkpoint stem>_calibration.json, or with --s
 <OUT_DIR>/<checkpoint stem>_on_<samples stem>.json.
 """
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from cli import UserError, override_globals, run_main
 from custom_datasets import BASE_DATASETS, DATA_ROOT, colour_images, load_mnist
-from evaluate_composition import UNRECOGNISABLE, load_samples, read_meta, sample_cells
+from evaluate_composition import load_samples, read_meta, row_name, sample_cells
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier, marginal_log_probs
 from models.oracle import ORACLE_PATH, load_oracle, predict
 from samplers.pc_sampler import SAMPLING_EPS
@@ -64,12 +65,8 @@ def sample_groups(samples, models, oracle, root=DATA_ROOT) -> list:
     """(cell name, the samples the oracle reads as that cell, its exact posterior or None), most samples first."""
     posteriors = model_posteriors(models, root)
     cells = sample_cells(predict(oracle, samples))
-    groups = []
-    for cell in sorted(set(cells), key=cells.count, reverse=True):
-        chosen = torch.tensor([c == cell for c in cells])
-        name = UNRECOGNISABLE if cell == UNRECOGNISABLE else cell_name(cell)
-        groups.append((name, samples[chosen].clamp(0.0, 1.0), posteriors.get(cell)))
-    return groups
+    return [(row_name(cell), samples[torch.tensor([c == cell for c in cells])].clamp(0.0, 1.0), posteriors.get(cell))
+            for cell, _ in Counter(cells).most_common()]
 
 
 @torch.no_grad()
