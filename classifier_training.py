@@ -30,11 +30,12 @@ from custom_datasets import BASE_DATASETS
 from losses import (JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, conditional_classifier_loss, conditional_keep_prob,
                     joint_non_terminal_loss, joint_soft_targets, joint_terminal_loss, select_steps)
 from models.classifier_model import marginal_log_probs
-from models.fast_paths import PRECISIONS, compile_in_place, fast_score_model
+from models.fast_paths import PRECISION_CHOICES, compile_in_place, fast_score_model
 from models.score_model import ScoreNet
-from samplers import pc_trajectory_sampler
+from samplers import SAMPLERS, Sampler
 from sde import VESDE
-from utils import atomic_save, ensure_writable_dir, freeze, get_device, load_score_model, seed_everything
+from utils import (atomic_save, ensure_writable_dir, freeze, get_device, load_score_model, precision_for,
+                   sampler_from_config, seed_everything)
 
 # Test metrics are averaged over these bands of t; the last band includes t = 1.
 TIME_BANDS = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
@@ -52,10 +53,9 @@ def parse_config(namespace, names, description, argv=None, choices=None):
     """The script's globals overridden from argv, checked; returns {name: value} for `names`."""
     config = dict(namespace)
     override_globals(config, names, description, argv, positive=[n for n in POSITIVE if n in names],
-                     choices={"PRECISION": list(PRECISIONS), **(choices or {})})
+                     choices={"PRECISION": PRECISION_CHOICES, "SAMPLER": list(SAMPLERS), **(choices or {})})
     config = {name: config[name] for name in names}
-    if config["TRAJECTORY_STEPS"] < 2:
-        raise UserError(f"--trajectory-steps must be at least 2, got {config['TRAJECTORY_STEPS']}")
+    sampler_from_config(config, "TRAJECTORY_STEPS")  # its settings checked before anything runs
     if config["BATCH_SIZE"] > config["POOL_SIZE"]:
         raise UserError(f"--batch-size {config['BATCH_SIZE']} is larger than --pool-size {config['POOL_SIZE']}; "
                         f"a minibatch is drawn from the pool, so pass a batch size <= the pool size")
@@ -136,21 +136,20 @@ def every_nth_step(stride):
     return keep
 
 
-def sample_trajectories(sources, count, num_steps, keep, sde, snr, device, generator=None, progress=True,
-                        shape=None, denoise_last_step=False):
-    """`count` PC-sampler trajectories of each source, storing only the grid steps where keep(grid) is true.
-    `shape` of one sample defaults to an image with the source's input_channels."""
+def sample_trajectories(sources, count, sampler: Sampler, keep, sde, device, generator=None, progress=True,
+                        shape=None):
+    """`count` trajectories of each source drawn by `sampler`, storing only the steps whose time t satisfies
+    keep(times). `shape` of one sample defaults to an image with the source's input_channels."""
     kept_states, times = [], None
     for source in sources:
-        _, trajectory, grid = pc_trajectory_sampler(source, sde, count, num_steps, snr, shape=shape, device=device,
-                                                    generator=generator, progress=progress,
-                                                    denoise_last_step=denoise_last_step)
+        _, trajectory, grid = sampler.trajectory(source, sde, count, shape=shape, device=device, generator=generator,
+                                                 progress=progress)
         kept = torch.nonzero(keep(grid)).flatten()
         kept_states.append(trajectory[kept])  # a copy, so the full trajectory is freed
         times = grid[kept]
         del trajectory
     sources_index = torch.arange(len(sources), device=device).repeat_interleave(count)
-    return Trajectories(torch.cat(kept_states, dim=1), times, sources_index, num_steps)
+    return Trajectories(torch.cat(kept_states, dim=1), times, sources_index, sampler.num_steps)
 
 
 class TrajectoryPool:
@@ -372,17 +371,18 @@ def fit(config, classifier, training_loss, run_test, counters=None):
 
 
 def trajectory_sampler(sources, config, sde, device):
-    """sample(count, keep): `count` trajectories of each source score model, from one seeded generator, on
-    the sample scripts' fast path when COMPILE or PRECISION ask for it (the base score networks compiled;
-    autocast), ending with a denoising step when DENOISE_LAST_STEP asks for it."""
+    """sample(count, keep): `count` trajectories of each source score model, from one seeded generator, drawn
+    by the sampler the globals describe (SAMPLER, TRAJECTORY_STEPS, ...: sampler_from_config), on the sample
+    scripts' fast path when COMPILE or PRECISION ask for it (the base score networks compiled; autocast)."""
     generator = torch.Generator(device=device).manual_seed(config["SEED"])
+    sampler = sampler_from_config(config, "TRAJECTORY_STEPS")
     if config["COMPILE"]:
         compile_in_place(m for source in sources for m in source.modules() if isinstance(m, ScoreNet))
-    sources = [fast_score_model(source, [], precision=config["PRECISION"]) for source in sources]
+    precision = precision_for(config, device)
+    sources = [fast_score_model(source, [], precision=precision) for source in sources]
 
     def sample(count, keep):
-        return sample_trajectories(sources, count, config["TRAJECTORY_STEPS"], keep, sde, config["SNR"], device,
-                                   generator, denoise_last_step=config["DENOISE_LAST_STEP"])
+        return sample_trajectories(sources, count, sampler, keep, sde, device, generator)
 
     return sample
 

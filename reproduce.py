@@ -35,18 +35,22 @@ import torch
 import train_diffusion
 from cli import UserError, override_globals, run_main
 from custom_datasets import ensure_mnist
-from models.fast_paths import PRECISIONS
-from utils import atomic_save, composition_stem, ensure_writable_dir, half_state_dict
+from models.fast_paths import PRECISION_CHOICES
+from samplers import SAMPLERS
+from showcase import SHOWCASE, sample_command
+from utils import atomic_save, composition_stem, ensure_writable_dir, half_state_dict, update_markers
 
 SCALE = "cpu"
 RUN_DIR = None  # None: runs/<SCALE> (runs/<SCALE>_seed<SEED> for SEED > 0)
 EXPORT_DIR = None  # None: checkpoints (cpu) or checkpoints/paper (paper); <RUN_DIR>/checkpoints for SEED > 0
 OUT_DIR = None  # None: results/<SCALE> (results/<SCALE>_seed<SEED> for SEED > 0; the .pt samples are not committed)
 NUM_SAMPLES = 512
-NUM_STEPS = 0  # PC steps of every showcase sample; 0: the scale's (cpu: 250, the 3-way rows 500; paper 500)
+NUM_STEPS = 0  # sampler steps of every showcase sample; 0: the scale's for the sampler (CPU_STEPS, PAPER_STEPS)
 DRY_RUN = False
 SUMMARY_ONLY = False  # only rewrite results/<SCALE>.md from the evaluations that exist
-PRECISION = None  # of the showcase samples; None: the scale's (float32, or bfloat16 at the cpu scale: README)
+PRECISION = None  # of the showcase samples; None: the scale's (float32; at the cpu scale auto: bfloat16 where native)
+SAMPLER = None  # of every sampling stage (showcase rows, base models alone, classifier pools); None: the scale's
+# (cpu: heun-churn; paper: pc)
 DENOISE_LAST_STEP = None  # of the showcase samples (sample scripts' --denoise-last-step); None: the scale's
 SEED = 0  # of every training and sampling stage: another seed is an independent replicate of the whole run
 JOBS = 0  # stages run in parallel, each with cpu_count // JOBS threads; 0: the scale's
@@ -55,18 +59,25 @@ ONLY = None  # a regular expression: run only the stages whose name it matches (
 WALL_TIME_KEY = "whole run (wall time of the last reproduce.py call)"
 REFERENCE_EPOCH = 195  # downstream scripts load gen_{GEN_IDX}_ckpt_195.pth
 
-# Classifier trajectory pools at the cpu scale, on the fast sampling path and ending with a denoising step.
-# Without that step 100-step trajectories ended in noise; with it a base model's samples are as good at 100 steps
-# as at 250 (README, "Steps versus quality"), so the joint classifiers' pools of base-model samples take 100
-# (0.4x the cost). The conditional classifier's pools are guided compositions, which do need the steps: on
-# 100-step pools MN (2,2,3) fell to 5% where the 250-step one gave 99.6% (README).
-POOL_SAMPLING = ["--compile", "--precision", "bfloat16", "--denoise-last-step"]
-BASE_POOL_SAMPLING = ["--trajectory-steps", "100", *POOL_SAMPLING]
-COMPOSITION_POOL_SAMPLING = ["--trajectory-steps", "250", *POOL_SAMPLING]
+# Classifier trajectory pools at the cpu scale: on the fast sampling path, ending with a denoising step.
+POOL_SAMPLING = ["--compile", "--precision", "auto", "--denoise-last-step"]
+# Steps of each sampling stage, by sampler: the showcase rows (by number of base models), each base model alone,
+# the joint classifiers' pools (base-model samples) and the conditional classifier's (guided compositions).
+# PC: the pools of base-model samples are as good at 100 steps as at 250 with the denoised last step, while
+# the guided compositions need 250 (on 100-step pools MN (2,2,3) fell to 5%), and the 3-way rows the
+# reference's 500 (docs/cpu_recipe_history.md). heun-churn: 40 noise levels (79 score evaluations per sample)
+# meet the PC rows (benchmarks/sampler_quality.py; README, "Sampling").
+CPU_STEPS = {
+    "pc": {"samples": {2: 250, 3: 500}, "individual": 250, "base_pools": 100, "composition_pools": 250},
+    "heun-churn": {"samples": {2: 40, 3: 40}, "individual": 40, "base_pools": 40, "composition_pools": 40},
+}
+CPU_STEPS["heun"] = CPU_STEPS["heun-churn"]
+PAPER_STEPS = {sampler: {"samples": {2: 500, 3: 500}, "individual": 500, "base_pools": 500, "composition_pools": 500}
+               for sampler in SAMPLERS}
 
 SCALES = {
     "cpu": {
-        "base_preset": "cpu-bf16", "half_precision": True,  # train_diffusion.py --preset of every base model
+        "base_preset": "cpu-24", "half_precision": True,  # train_diffusion.py --preset of every base model
         # The grey models 1 and 2 train twice the preset's 24 epochs: their malformed digits bounded the subdigits
         # row (24 epochs: 11.7% of model 1's samples unrecognisable, the row at λ = 20 69.7%; 48 epochs: 5.9% and
         # 87.3%; README). The coloured models, read mostly by colour, meet their targets at 24.
@@ -74,7 +85,7 @@ SCALES = {
         # Trajectory pools: sampling is most of classifier training on CPU, so one pool serves many steps. 512
         # trajectories per model serving 50 steps each: 4x the distinct trajectories of the 250-step pools
         # (256 serving 100) in about their time (the 1/2 row at λ = 20: 67.8% against 63.1%; README).
-        "classifier_flags": [*BASE_POOL_SAMPLING, "--pool-size", "512", "--pool-reuse", "50",
+        "classifier_flags": ["--pool-size", "512", "--pool-reuse", "50",
                              "--batch-size", "64", "--classifier-channels", "16", "32", "--test-samples", "100",
                              "--test-every", "50", "--ckpt-every", "50"],
         # The 1/2 classifier has to tell digits apart: with the reference's 0.97 decay per step the step size
@@ -83,51 +94,31 @@ SCALES = {
         # 3-way: every pooled trajectory serves about 12 minibatches (reuse 50 x batch 64 / pool 256). Serving
         # each 87 times over 700 steps (reuse 350) collapsed the joint table onto its diagonal (README). The
         # non-terminal loss trains on the reference's 10% of the steps with t <= 0.7: 7 states per trajectory.
-        "three_way_flags": [*BASE_POOL_SAMPLING, "--pool-size", "256", "--pool-reuse", "50",
+        "three_way_flags": ["--pool-size", "256", "--pool-reuse", "50",
                             "--batch-size", "64", "--classifier-channels", "32", "48", "--test-samples", "100",
                             "--test-every", "50", "--ckpt-every", "50"],
-        "conditional_flags": [*COMPOSITION_POOL_SAMPLING, "--pool-size", "64", "--pool-reuse", "50",
+        "conditional_flags": ["--pool-size", "64", "--pool-reuse", "50",
                               "--batch-size", "16", "--classifier-channels", "32", "32", "--test-samples", "32",
                               "--test-every", "25", "--ckpt-every", "25"],
         "classifier_steps": {"3way_classifier": 300, "3way_conditional_classifier": 100},
-        # PC steps of the showcase samples by number of base models. The 2-model rows at 250 (the reference:
-        # 500) fit the 90-minute budget and lie within the 500-step rows' intervals; the 3-way rows, steered by
-        # λ3 = 75, need the reference's 500 (MN (1,2,3): 85.7% at 100 steps, 88.9% at 250, 95.9% at 500; README).
-        "sample_steps": {2: 250, 3: 500},
-        "sample_flags": ["--batch-size", "128", "--compile"], "precision": "bfloat16",
+        "sampler": "heun-churn", "steps": CPU_STEPS, "pool_flags": POOL_SAMPLING,
+        "sample_flags": ["--batch-size", "128", "--compile"], "precision": "auto",
         # Each base model alone, for the rows' plug-in targets (evaluate_composition --base-evaluations).
-        "individual_samples": 256, "individual_steps": 250,
+        "individual_samples": 256,
         "denoise_last_step": True,  # the last step denoised: cleaner digits from well-trained models (README)
         "jobs": 2,  # two one-thread stages at a time on a 2-core machine
     },
     "paper": {
         "base_preset": "paper", "half_precision": False, "base_epochs": {},
         "classifier_flags": [], "subdigits_classifier_flags": [], "three_way_flags": [], "conditional_flags": [],
-        "classifier_steps": {},
-        "sample_steps": {2: 500, 3: 500}, "sample_flags": ["--batch-size", "128"],
-        "individual_samples": 512, "individual_steps": 500,
+        "classifier_steps": {}, "sampler": "pc", "steps": PAPER_STEPS, "pool_flags": [],
+        "sample_flags": ["--batch-size", "128"], "individual_samples": 512,
         "precision": "float32", "denoise_last_step": False, "jobs": 1,
     },
 }
 
-# (sample script, models, observations, guidance scales)
-SHOWCASE = [  # most important first: an interrupted run has these
-    ("sample_composition.py", ["M1", "M2"], [1, 2], [20.0]),
-    ("sample_composition.py", ["M1", "M2"], [1, 1], [20.0]),
-    ("sample_composition.py", ["M1", "M2"], [2, 2], [20.0]),
-    ("sample_composition.py", ["1", "2"], [1, 2], [20.0]),
-    ("sample_composition.py", ["M1", "M2"], [1, 2], [1.0]),
-    ("sample_composition.py", ["M1", "M2"], [1, 1], [1.0]),
-    ("sample_composition.py", ["M1", "M2"], [2, 2], [1.0]),
-    ("sample_composition.py", ["1", "2"], [1, 2], [1.0]),
-    ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [1, 2, 3], [10.0, 75.0]),
-    ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [1, 1, 1], [10.0, 75.0]),
-    ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [2, 2, 3], [10.0, 75.0]),
-    ("sample_3way_composition.py", ["MN1", "MN2", "MN3"], [3, 3, 3], [10.0, 75.0]),
-]
-
 OVERRIDABLE = ["SCALE", "RUN_DIR", "EXPORT_DIR", "OUT_DIR", "NUM_SAMPLES", "NUM_STEPS", "DRY_RUN", "SUMMARY_ONLY",
-               "PRECISION", "DENOISE_LAST_STEP", "SEED", "JOBS", "ONLY"]
+               "PRECISION", "SAMPLER", "DENOISE_LAST_STEP", "SEED", "JOBS", "ONLY"]
 
 
 @dataclass
@@ -273,22 +264,6 @@ def export_checkpoint(source: Path, target: Path, half: bool):
     atomic_save(half_state_dict(state) if half else state, target)
 
 
-def sample_command(script, models, observations, scales, export_dir, out_dir, num_samples, flags):
-    command = [script, "--ckpt-dir", str(export_dir), "--out-dir", str(out_dir), "--num-samples", str(num_samples),
-               *flags]
-    for k, (model, y) in enumerate(zip(models, observations), start=1):
-        command += [f"--gen-idx-{k}", model, f"--y-{k}", str(y)]
-    command += ["--guidance", f"{scales[0]:g}"]
-    if script == "sample_3way_composition.py":
-        command += ["--guidance-3", f"{scales[1]:g}",
-                    "--classifier-ckpt", str(export_dir / "3way_classifier_ckpt_700.pth"),
-                    "--conditional-classifier-ckpt", str(export_dir / "3way_conditional_classifier_ckpt_200.pth")]
-    else:
-        name = "subdigits_classifier" if models == ["1", "2"] else "classifier"
-        command += ["--classifier-ckpt", str(export_dir / f"{name}_ckpt_200.pth")]
-    return command
-
-
 def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Path:
     """<out_dir>.md beside out_dir (results/<scale>.md by default): one evaluation row per showcase composition
     (pending ones marked), then stage times; also the tables between the markers named after out_dir
@@ -339,22 +314,11 @@ def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Pa
     return path
 
 
-def update_markers(document: Path, marker: str, text: str) -> None:
-    """Replace what lies between <!-- marker --> and <!-- /marker --> in a Markdown document, if it has them."""
-    if not document.exists():
-        return
-    content = document.read_text()
-    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
-    if start in content and end in content:
-        before, rest = content.split(start, 1)
-        after = rest.split(end, 1)[1]
-        document.write_text(f"{before}{start}\n{text}\n{end}{after}")
-
-
 def main(argv=None):
     config = dict(globals())
     override_globals(config, OVERRIDABLE, __doc__, argv, positive=["NUM_SAMPLES"],
-                     choices={"SCALE": list(SCALES), "PRECISION": list(PRECISIONS) + [None]},
+                     choices={"SCALE": list(SCALES), "PRECISION": PRECISION_CHOICES + [None],
+                              "SAMPLER": list(SAMPLERS) + [None]},
                      optional_bools=["DENOISE_LAST_STEP"])
     for name in ["JOBS", "NUM_STEPS"]:
         if config[name] < 0:
@@ -372,6 +336,11 @@ def main(argv=None):
     out_dir = ensure_writable_dir(config["OUT_DIR"] or f"results/{replicate}")
     jobs = config["JOBS"] or settings["jobs"]
     precision = config["PRECISION"] or settings["precision"]
+    sampler = config["SAMPLER"] or settings["sampler"]
+    steps_of = settings["steps"][sampler]
+
+    def pool_flags(pools):
+        return ["--sampler", sampler, "--trajectory-steps", str(steps_of[pools]), *settings["pool_flags"]]
     pipeline = Pipeline(run_dir, config["DRY_RUN"], config["ONLY"], jobs)
     seed = ["--seed", str(config["SEED"])]
     if config["SUMMARY_ONLY"]:
@@ -404,30 +373,33 @@ def main(argv=None):
     exports = {g: train_base_model(g) for g in ["MN1", "MN2", "MN3"]}
     three_way_bases = list(exports.values())
     three_way = train_classifier("3-way classifier", "3way_classifier", 700,
-                                 ["train_3way_classifier.py", *settings["three_way_flags"]], after=three_way_bases)
+                                 ["train_3way_classifier.py", *pool_flags("base_pools"), *settings["three_way_flags"]],
+                                 after=three_way_bases)
     conditional = train_classifier("3-way conditional classifier", "3way_conditional_classifier", 200,
-                                   ["train_3way_conditional_classifier.py", *settings["conditional_flags"],
+                                   ["train_3way_conditional_classifier.py", *pool_flags("composition_pools"),
+                                    *settings["conditional_flags"],
                                     "--joint-classifier-path", str(export_dir / "3way_classifier_ckpt_700.pth")],
                                    after=[three_way, *three_way_bases])
     exports.update({g: train_base_model(g) for g in ["M1", "M2"]})
     binary = train_classifier("classifier M1/M2", "classifier", 200,
-                              ["train_classifier.py", *settings["classifier_flags"]],
+                              ["train_classifier.py", *pool_flags("base_pools"), *settings["classifier_flags"]],
                               after=[exports["M1"], exports["M2"]])
     exports.update({g: train_base_model(g) for g in ["1", "2"]})
     subdigits = train_classifier("classifier 1/2", "subdigits_classifier", 200,
                                  ["train_classifier.py", "--gen-idx-1", "1", "--gen-idx-2", "2",
-                                  "--classifier-name", "subdigits_classifier", *settings["classifier_flags"],
+                                  "--classifier-name", "subdigits_classifier", *pool_flags("base_pools"),
+                                  *settings["classifier_flags"],
                                   *settings["subdigits_classifier_flags"]],
                                  after=[exports["1"], exports["2"]])
 
     denoise = settings["denoise_last_step"] if config["DENOISE_LAST_STEP"] is None else config["DENOISE_LAST_STEP"]
-    sample_flags = [*settings["sample_flags"], "--precision", precision, *seed,
+    sample_flags = [*settings["sample_flags"], "--precision", precision, "--sampler", sampler, *seed,
                     "--denoise-last-step" if denoise else "--no-denoise-last-step"]
     # Each base model alone, evaluated: the rows' plug-in targets (what these base models allow).
     base_evaluations = {}
     for g in exports:
         individual = out_dir / f"individual_{g}.pt"
-        steps = config["NUM_STEPS"] or settings["individual_steps"]
+        steps = config["NUM_STEPS"] or steps_of["individual"]
         sampled = pipeline.stage(f"sample individual {g}", [individual], [
             "sample_individual_model.py", "--gen-idx", g, "--ckpt-dir", str(export_dir), "--out-dir", str(out_dir),
             "--num-samples", str(settings["individual_samples"]), *sample_flags, "--num-steps", str(steps)],
@@ -438,7 +410,7 @@ def main(argv=None):
     for script, models, observations, scales in sorted(SHOWCASE, key=lambda row: len(row[1]) < 3):
         stem = composition_stem(models, observations, scales)
         classifiers = [three_way, conditional] if len(models) == 3 else [subdigits if models == ["1", "2"] else binary]
-        steps = config["NUM_STEPS"] or settings["sample_steps"][len(models)]
+        steps = config["NUM_STEPS"] or steps_of["samples"][len(models)]
         sampled = pipeline.stage(f"sample {stem}", [out_dir / f"{stem}.pt"],
                                  sample_command(script, models, observations, scales, export_dir, out_dir,
                                                 config["NUM_SAMPLES"], [*sample_flags, "--num-steps", str(steps)]),

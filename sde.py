@@ -23,6 +23,12 @@ class VESDE:
         t = torch.as_tensor(t, dtype=torch.get_default_dtype())
         return torch.sqrt((self.sigma ** (2 * t) - 1.0) / (2.0 * math.log(self.sigma)))
 
+    def time_of_std(self, std):
+        """The inverse of marginal_prob_std: t = ln(1 + 2 ln(sigma) std^2) / (2 ln sigma)."""
+        std = torch.as_tensor(std, dtype=torch.get_default_dtype())
+        log_sigma = math.log(self.sigma)
+        return torch.log1p(2.0 * log_sigma * std ** 2) / (2.0 * log_sigma)
+
     def diffusion_coeff(self, t):
         """g(t) = sigma^t."""
         t = torch.as_tensor(t, dtype=torch.get_default_dtype())

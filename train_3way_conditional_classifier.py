@@ -35,10 +35,13 @@ STEPS = 200
 BATCH_SIZE = 128  # trajectories per label pair in each optimizer step
 POOL_SIZE = 128  # trajectories per label pair sampled at once (reference: = BATCH_SIZE)
 POOL_REUSE = 1  # optimizer steps served by one pool before it is resampled (reference: 1)
-TRAJECTORY_STEPS = 500  # PC sampler steps N
-SNR = 0.16
+TRAJECTORY_STEPS = 500  # sampler steps N (PC: grid times; heun*: noise levels)
+SNR = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
+SAMPLER = "pc"  # the trajectories' sampler (as the sample scripts' --sampler): "pc", "heun" or "heun-churn"
+SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level (as the sample scripts' --sigma-min)
+CHURN = 40.0  # heun-churn: the noise each step adds back (as the sample scripts' --churn)
 COMPILE = False  # sample trajectories with compiled score networks (float32; as the sample scripts' --compile)
-PRECISION = "float32"  # or "bfloat16": sample trajectories under autocast (as the sample scripts' --precision)
+PRECISION = "float32"  # "bfloat16" or "auto": sample trajectories under autocast (as the sample scripts' --precision)
 DENOISE_LAST_STEP = False  # end each trajectory with a denoising step (as the sample scripts' --denoise-last-step)
 LR = 0.1
 LR_DECAY = 1.0  # StepLR gamma per optimizer step; 1 = constant (reference)
@@ -56,7 +59,7 @@ DEVICE = "auto"
 OVERWRITE = False
 
 OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "JOINT_CLASSIFIER_PATH",
-               "GUIDANCE_SCALE", "STEPS", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "COMPILE",
+               "GUIDANCE_SCALE", "STEPS", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "SAMPLER", "SIGMA_MIN", "CHURN", "COMPILE",
                "PRECISION", "LR", "LR_DECAY", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY",
                "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED", "DEVICE",
                "OVERWRITE", "DENOISE_LAST_STEP"]

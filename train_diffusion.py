@@ -7,7 +7,7 @@ them for --resume, and a loss-curve PNG at the end.
 
 CPU recipe (about 10 minutes on 2 cores, see README):
     python train_diffusion.py --preset cpu --gen-idx MN1         # 12 epochs, float32
-    python train_diffusion.py --preset cpu-bf16 --gen-idx MN1    # 24 epochs in bfloat16: reproduce.py's recipe
+    python train_diffusion.py --preset cpu-24 --gen-idx MN1      # 24 epochs, bfloat16 where native: reproduce.py's recipe
 """
 import math
 from pathlib import Path
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from cli import UserError, override_globals, run_main
 from custom_datasets import BASE_DATASETS, ColouredMNIST
 from losses import denoising_score_matching_loss
-from models.fast_paths import PRECISIONS, AutocastScore, compile_in_place
+from models.fast_paths import PRECISION_CHOICES, PRECISIONS, AutocastScore, compile_in_place, resolve_precision
 from models.score_model import ScoreNet
 from sde import VESDE
 from utils import atomic_save, ensure_writable_dir, get_device, load_into, seed_everything
@@ -34,7 +34,8 @@ EMBED_DIM = 256
 SAVE_EVERY = 5
 TRAIN_SUBSET = 0  # train on this many randomly chosen images; 0 = the whole dataset
 COMPILE = False  # torch.compile the network in place (state_dict keys unchanged)
-PRECISION = "float32"  # or "bfloat16": forward passes under autocast, weights and optimizer in float32
+PRECISION = "float32"  # or "bfloat16": forward passes under autocast, weights and optimizer in float32; "auto":
+# bfloat16 only where the device computes it natively
 CKPT_DIR = "checkpoints"
 DATA_ROOT = "data"
 SEED = 0
@@ -47,10 +48,10 @@ PRESET = None
 CPU_PRESET = {"EPOCHS": 12, "BATCH_SIZE": 128, "LR": 5e-3, "LR_SCHEDULE": "onecycle", "CHANNELS": [32, 64, 128, 128]}
 PRESETS = {
     "cpu": CPU_PRESET,
-    # bfloat16 trains twice the epochs in about the float32 run's time (1.5x on the grey datasets) and halves
-    # the malformed digits; sample it with --denoise-last-step, which removes the speckle the reference's last
-    # sampler step leaves around a well-trained model's digits (README).
-    "cpu-bf16": {**CPU_PRESET, "EPOCHS": 24, "COMPILE": True, "PRECISION": "bfloat16"},
+    # Twice the epochs halve the malformed digits. On a CPU with native bfloat16 they cost about the float32
+    # run's time; elsewhere "auto" trains in float32, as autocast there was 12x slower per step (docs/performance.md).
+    # Sample it with --denoise-last-step, which removes the speckle of the reference's last sampler step (README).
+    "cpu-24": {**CPU_PRESET, "EPOCHS": 24, "COMPILE": True, "PRECISION": "auto"},
     "paper": {},
 }
 OVERRIDABLE = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",
@@ -70,7 +71,7 @@ def parse_args(argv=None):
         defaults.update(PRESETS[explicit.PRESET])
     override_globals(defaults, OVERRIDABLE, __doc__, argv, positive=["EPOCHS", "BATCH_SIZE", "LR", "LR_END",
                      "CHANNELS", "EMBED_DIM", "SAVE_EVERY"], choices={"GEN_IDX": list(BASE_DATASETS),
-                     "LR_SCHEDULE": ["exponential", "onecycle"], "PRECISION": list(PRECISIONS),
+                     "LR_SCHEDULE": ["exponential", "onecycle"], "PRECISION": PRECISION_CHOICES,
                      "PRESET": list(PRESETS) + [None]})
     config = {name: defaults[name] for name in OVERRIDABLE}
     if len(config["CHANNELS"]) != 4 or any(c % 32 for c in config["CHANNELS"]):
@@ -115,6 +116,8 @@ def plot_losses(losses, path):
 
 def train(config):
     device = get_device(config["DEVICE"])
+    # "auto" is resolved here, so that a training state records (and a resume checks) the precision used.
+    config = {**config, "PRECISION": resolve_precision(config["PRECISION"], device)}
     ckpt_dir = ensure_writable_dir(config["CKPT_DIR"])
     resume_file = state_path(config)
     if config["RESUME"] and not resume_file.is_file():

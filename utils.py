@@ -2,6 +2,7 @@
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 from PIL import Image
 
 from cli import UserError
+from models.fast_paths import resolve_precision
+from samplers import Sampler
 
 # The reference figures' colour-blind palette: the R channel is drawn gold, the G channel teal.
 COLORBLIND_PALETTE = torch.tensor([[225, 190, 106], [64, 176, 166]], dtype=torch.float32) / 255.0
@@ -148,12 +151,16 @@ def save_image_grid(samples: torch.Tensor, path, palette: str = "rgb", nrow: int
     Image.fromarray(array).save(path)
 
 
+GRID_SAMPLES = 64  # the reference's 8x8 grid: a sample file's PNG shows its first 64 samples
+
+
 def save_samples(samples: torch.Tensor, out_dir, stem: str, meta: dict, palette: str = "rgb") -> Path:
-    """Write <stem>.png (grid), <stem>.pt (the [N, C, 28, 28] tensor) and <stem>.json (what was sampled)."""
+    """Write <stem>.png (8x8 grid of the first samples), <stem>.pt (the [N, C, 28, 28] tensor) and <stem>.json
+    (what was sampled)."""
     import json
 
     out_dir = ensure_writable_dir(out_dir)
-    save_image_grid(samples, out_dir / f"{stem}.png", palette=palette)
+    save_image_grid(samples[:GRID_SAMPLES], out_dir / f"{stem}.png", palette=palette)
     atomic_save(samples, out_dir / f"{stem}.pt")
     (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir / f"{stem}.png"
@@ -173,6 +180,29 @@ def load_classifier(path, classifier_class, device, made_by):
     return freeze(model.to(device))
 
 
+def sampler_from_config(config, steps_key="NUM_STEPS") -> Sampler:
+    """The Sampler a script's globals describe (SAMPLER, <steps_key>, DENOISE_LAST_STEP, SNR, SIGMA_MIN, CHURN)."""
+    try:
+        return Sampler(config["SAMPLER"], config[steps_key], config["DENOISE_LAST_STEP"], config["SNR"],
+                       config["SIGMA_MIN"], config["CHURN"])
+    except ValueError as error:
+        raise UserError(f"{error}; see --help for --sampler and its settings") from None
+
+
+def precision_for(config, device) -> str:
+    """The script's PRECISION on `device`, "auto" resolved (bfloat16 only where the device computes it natively)."""
+    return resolve_precision(config["PRECISION"], device)
+
+
+def sampling_meta(sampler: Sampler, sde, config, precision, seconds) -> dict:
+    """What an output's .json records about how it was sampled, and on what."""
+    return {**sampler.settings(sde), "seed": config["SEED"], "precision": precision,
+            "precision_setting": config["PRECISION"], "compile": config["COMPILE"],
+            "sampling_seconds": round(seconds, 2), "device": str(get_device(config["DEVICE"])),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+
 def composition_stem(models, observations, scales) -> str:
     """File stem of a composition's samples, e.g. composition_M1_M2_y1-1_y2-1_g20."""
     labels = [f"y{k}-{y}" for k, y in enumerate(observations, start=1)]
@@ -182,9 +212,8 @@ def composition_stem(models, observations, scales) -> str:
 def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations, guidance_scales) -> Path:
     """The composition sampling scripts' shared body: load, compose, sample, save.
 
-    `config` holds the scripts' globals (CKPT_DIR, CKPT_EPOCH, CKPT_PATH_<k>,
-    NUM_SAMPLES, BATCH_SIZE, NUM_STEPS, SNR, SEED, PALETTE, OUT_DIR, DEVICE, COMPILE, PRECISION,
-    DENOISE_LAST_STEP).
+    `config` holds the scripts' globals (CKPT_DIR, CKPT_EPOCH, CKPT_PATH_<k>, NUM_SAMPLES, BATCH_SIZE,
+    the sampler's (sampler_from_config), SEED, PALETTE, OUT_DIR, DEVICE, COMPILE, PRECISION).
     `classifier_specs`: (checkpoint, classifier class, script that trains it)
     for the joint classifier of (y1, y2), then for the conditional one of y3 if
     there are three observations; one guidance scale each. Writes
@@ -196,8 +225,10 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     from samplers import sample_in_batches
     from sde import VESDE
 
+    sampler = sampler_from_config(config)
     ensure_writable_dir(config["OUT_DIR"])
     device = get_device(config["DEVICE"])
+    precision = precision_for(config, device)
     sde = VESDE()
     classifiers = [load_classifier(path, cls, device, made_by) for path, cls, made_by in classifier_specs]
     epoch = config["CKPT_EPOCH"]
@@ -213,15 +244,28 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     except ValueError as error:
         raise UserError(str(error)) from None
     # Only the score networks are compiled: a compiled classifier's input gradient ran 2x slower on CPU (README).
-    composition = fast_score_model(composition, score_models, config["COMPILE"], config["PRECISION"])
-    samples = sample_in_batches(composition, sde, config["NUM_SAMPLES"], config["BATCH_SIZE"], config["NUM_STEPS"],
-                                config["SNR"], device, config["SEED"], denoise_last_step=config["DENOISE_LAST_STEP"])
+    composition = fast_score_model(composition, score_models, config["COMPILE"], precision)
+    started = time.perf_counter()
+    samples = sample_in_batches(composition, sde, sampler, config["NUM_SAMPLES"], config["BATCH_SIZE"], device,
+                                config["SEED"])
+    seconds = time.perf_counter() - started
     stem = composition_stem(gen_idxs, observations, guidance_scales)
     meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
             "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
             "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],
-            "num_steps": config["NUM_STEPS"], "snr": config["SNR"], "seed": config["SEED"],
-            "precision": config["PRECISION"], "denoise_last_step": config["DENOISE_LAST_STEP"]}
+            **sampling_meta(sampler, sde, config, precision, seconds)}
     png = save_samples(samples, config["OUT_DIR"], stem, meta, config["PALETTE"])
     print(f"saved {png} ({len(samples)} samples)")
     return png
+
+
+def update_markers(document: Path, marker: str, text: str) -> None:
+    """Replace what lies between <!-- marker --> and <!-- /marker --> in a Markdown document, if it has them."""
+    if not document.exists():
+        return
+    content = document.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start in content and end in content:
+        before, rest = content.split(start, 1)
+        after = rest.split(end, 1)[1]
+        document.write_text(f"{before}{start}\n{text}\n{end}{after}")

@@ -43,7 +43,7 @@ from cli import override_globals, run_main  # noqa: E402
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier,  # noqa: E402
                                      ThreeWayJointYClassifier)
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition  # noqa: E402
-from models.fast_paths import fast_score_model, malloc_setting, set_layout  # noqa: E402
+from models.fast_paths import fast_score_model, malloc_setting, resolve_precision, set_layout  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import pc_sampler  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -274,7 +274,10 @@ def main(argv=None):
     device = get_device(config["DEVICE"])
     sde = VESDE()
     results = [benchmark_case(case, config, sde, device) for case in config["CASES"]]
-    header = (f"device {device} ({torch.get_num_threads()} threads, malloc {allocator}), torch {torch.__version__}, "
+    capability = torch.backends.cpu.get_cpu_capability()
+    auto = resolve_precision("auto", device)
+    header = (f"device {device} ({torch.get_num_threads()} threads, malloc {allocator}, CPU capability {capability}, "
+              f"--precision auto: {auto}), torch {torch.__version__}, "
               f"channels {config['CHANNELS']}, batch {config['BATCH_SIZE']}, {config['NUM_STEPS']} PC steps; "
               f"ratio = composed / bare (eager float32); vmap/sep and inf/nograd: base-model forwards only")
     print_table(results, header)
@@ -282,6 +285,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "device": str(device),
                                "threads": torch.get_num_threads(), "malloc": allocator, "torch": torch.__version__,
+                               "cpu_capability": capability, "auto_precision": auto,
                                "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 

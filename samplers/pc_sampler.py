@@ -94,15 +94,3 @@ def pc_sampler(score_model, sde, batch_size=64, num_steps=500, snr=0.16, eps=SAM
                                           generator, progress, keep_trajectory=False,
                                           denoise_last_step=denoise_last_step)
     return samples
-
-
-def sample_in_batches(score_model, sde, num_samples, batch_size=64, num_steps=500, snr=0.16, device="cpu",
-                      seed=0, progress=True, denoise_last_step=False):
-    """`num_samples` samples drawn `batch_size` at a time from one seeded generator, clamped to [0, 1]."""
-    generator = torch.Generator(device=device).manual_seed(seed)
-    batches = []
-    for start in tqdm(range(0, num_samples, batch_size), desc="batches", disable=not progress):
-        size = min(batch_size, num_samples - start)
-        batches.append(pc_sampler(score_model, sde, size, num_steps, snr, device=device, generator=generator,
-                                  progress=progress, denoise_last_step=denoise_last_step).clamp(0.0, 1.0).cpu())
-    return torch.cat(batches)

@@ -59,3 +59,55 @@ def test_last_step_benchmark_compares_the_three_endings(tmp_path):
     clean = rows[0]  # MN1 lights only green: red and blue are the empty channels, and clean digits have no speckle
     assert clean["speckle_share"] == 0.0 and clean["mse_to_clean"] == 0.0 and clean["recognised_share"] > 0.5
     assert all(row["mse_to_clean"] > 0.0 for row in rows[1:])
+
+
+def quality_cell(label, sampler, steps, evaluations, precision, tv, baseline=False):
+    return {"composition": label, "source": "x", "sampler": sampler, "num_steps": steps, "evaluations": evaluations,
+            "support_precision": precision, "support_precision_ci": [precision - 0.02, precision + 0.02],
+            "tv_distance": tv, "tv_distance_ci": [tv - 0.03, tv + 0.03], "unrecognisable": 0.01,
+            "seconds_per_sample": 0.1, **({"baseline": True} if baseline else {})}
+
+
+def test_sampler_quality_names_the_cheapest_setting_that_meets_each_row(tmp_path):
+    import sampler_quality
+
+    guided, exact = "M1/M2 (1, 2) λ=20", "M1/M2 (1, 1) λ=1"
+    cells = [quality_cell(guided, "pc", 250, 500, 0.96, 0.04, baseline=True),
+             quality_cell(guided, "heun-churn", 10, 19, 0.50, 0.50),  # far below the interval [0.94, 0.98]
+             quality_cell(guided, "heun-churn", 20, 39, 0.945, 0.05),  # inside it: meets
+             quality_cell(guided, "heun-churn", 40, 79, 0.99, 0.01),  # above it: meets, but costs more
+             quality_cell(exact, "pc", 250, 500, 0.80, 0.20, baseline=True),
+             quality_cell(exact, "heun-churn", 40, 79, 0.99, 0.25),  # λ = 1 rows are judged by TV: 0.25 > 0.23
+             quality_cell(exact, "pc", 100, 200, 0.80, 0.10)]  # meets, but over the 100-evaluation budget
+    judged = sampler_quality.verdicts(cells)
+    assert judged[guided][1]["num_steps"] == 20 and judged[exact][1] is None
+    (tmp_path / "sampler_quality.json").write_text(json.dumps(cells))
+    sampler_quality.main(["--plot-only", "--out-dir", str(tmp_path)])
+    table = (tmp_path / "sampler_quality.md").read_text()
+    assert f"| {guided} | pc:250 (500) | heun-churn:20 (39) |" in table and f"| {exact} | pc:250 (500) | none |" in table
+    assert (tmp_path / "sampler_quality.png").stat().st_size > 0
+
+
+def test_sampler_quality_refuses_a_malformed_setting():
+    import sampler_quality
+    from cli import UserError
+
+    for text in ("heun-churn", "euler:10", "pc:1"):
+        try:
+            sampler_quality.parse_setting(text)
+        except UserError as error:
+            assert "<sampler>:<steps>" in str(error)
+        else:
+            raise AssertionError(f"{text} was accepted")
+
+
+def test_precision_speed_reports_both_precisions_and_the_capability(tmp_path):
+    import precision_speed
+
+    out = tmp_path / "precision.json"
+    precision_speed.main(["--train-batch", "4", "--sample-batch", "2", "--sample-steps", "2", "--repeats", "1",
+                          "--channels", "32", "32", "32", "32", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert report["auto_precision"] in ("float32", "bfloat16")
+    assert set(report["train_step_s"]) == set(report["sampling_s"]) == {"float32", "bfloat16"}

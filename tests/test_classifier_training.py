@@ -16,7 +16,7 @@ from losses import (conditional_classifier_loss, conditional_keep_prob, joint_no
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier,
                                      two_way_joint_log_probs)
 from models.score_model import ScoreNet
-from samplers import pc_trajectory_sampler, time_grid
+from samplers import Sampler, pc_trajectory_sampler, time_grid
 from sde import VESDE
 from tests.analytic import GaussianMixtureBases
 from utils import load_classifier
@@ -35,7 +35,8 @@ def bases():
 
 def sample_2d(bases, count, num_steps, keep, generator):
     models = [bases.score_model(i) for i in range(bases.num_models)]
-    return sample_trajectories(models, count, num_steps, keep, SDE, 0.16, "cpu", generator, progress=False, shape=(2,))
+    return sample_trajectories(models, count, Sampler("pc", num_steps), keep, SDE, "cpu", generator, progress=False,
+                               shape=(2,))
 
 
 # ---- losses ----
@@ -108,7 +109,7 @@ def test_stored_steps_are_the_trainable_ones_of_the_sampled_trajectories(bases):
 
 def test_compiled_trajectory_sampler_gives_the_eager_trajectories(tiny_base_checkpoints):
     config = {"SEED": 0, "TRAJECTORY_STEPS": 4, "SNR": 0.16, "COMPILE": False, "PRECISION": "float32",
-              "DENOISE_LAST_STEP": False, "GEN_CKPT_DIR": str(tiny_base_checkpoints), "GEN_CKPT_EPOCH": 195}
+              "DENOISE_LAST_STEP": False, "SAMPLER": "pc", "SIGMA_MIN": 0.05, "CHURN": 40.0, "GEN_CKPT_DIR": str(tiny_base_checkpoints), "GEN_CKPT_EPOCH": 195}
     models = load_base_models(config, ["M1", "M2"], SDE, "cpu")
     eager = trajectory_sampler(models, config, SDE, "cpu")(3, trainable_steps)
     # DENOISE_LAST_STEP changes the first source's terminal state only (the second source's trajectories
@@ -120,6 +121,11 @@ def test_compiled_trajectory_sampler_gives_the_eager_trajectories(tiny_base_chec
     assert all(getattr(model, "_compiled_call_impl", None) is not None for model in models)
     torch.testing.assert_close(compiled.states, eager.states, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(compiled.times, eager.times)
+    # The pools take the other samplers too: their trajectories' times are SDE times of the noise levels.
+    heun = trajectory_sampler(models, {**config, "SAMPLER": "heun-churn", "TRAJECTORY_STEPS": 6}, SDE, "cpu")(
+        3, trainable_steps)
+    assert heun.num_steps == 6 and heun.states.shape[1] == 6 and float(heun.times.max()) <= 0.7
+    assert heun.terminal_time == pytest.approx(float(SDE.time_of_std(0.05)), rel=1e-5)
 
 
 def test_pool_reuses_its_trajectories_then_resamples():

@@ -6,6 +6,7 @@ import torch
 
 from models.classifier_model import JointYClassifier
 from models.compositions import BinaryDiffusionComposition
+from models import fast_paths
 from models.fast_paths import AutocastScore, fast_score_model, keep_freed_memory
 from models.score_model import ScoreNet
 from samplers import pc_sampler
@@ -76,3 +77,36 @@ def test_bfloat16_weights_cast_once_give_autocasts_scores():
     assert classifier.trunk.fc1.weight.dtype == model.tconv1.weight.dtype == torch.bfloat16
     assert model.embed[0].W.dtype == model.gnorm1.weight.dtype == classifier.trunk.embed[0].W.dtype == torch.float32
     torch.testing.assert_close(cast_once(X, T), per_call_casts, rtol=0, atol=0)
+
+
+# ---- --precision auto: bfloat16 only where the device computes it natively ----
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_follows_the_cpus_bfloat16_support(monkeypatch, native):
+    monkeypatch.setattr(fast_paths, "cpu_computes_bfloat16", lambda: native)
+    assert fast_paths.resolve_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert fast_paths.resolve_precision("float32", "cpu") == "float32"  # an explicit precision is kept
+    assert fast_paths.resolve_precision("bfloat16", "cpu") == "bfloat16"
+
+
+@pytest.mark.parametrize("mkldnn, capability, avx512_bf16, amx, machine, expected", [
+    (False, "AVX2", False, False, "x86_64", False),  # no oneDNN bfloat16 at all (AVX2 only)
+    (True, "AVX512", False, False, "x86_64", False),  # plain AVX-512: oneDNN emulates bfloat16
+    (True, "AVX512", True, False, "x86_64", True),  # AVX-512 BF16
+    (True, "AVX512", False, True, "x86_64", True),  # AMX
+    (True, "AVX2", True, False, "x86_64", False),  # PyTorch's kernels capped at AVX2 (ATEN_CPU_CAPABILITY)
+    (True, "DEFAULT", False, False, "aarch64", True),  # Arm with BF16 (oneDNN's own check)
+])
+def test_native_bfloat16_reads_the_cpus_capabilities(monkeypatch, mkldnn, capability, avx512_bf16, amx, machine,
+                                                     expected):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: mkldnn)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(fast_paths.platform, "machine", lambda: machine)
+    assert fast_paths.cpu_computes_bfloat16() is expected
+
+
+def test_unknown_precision_setting_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fast_paths.resolve_precision("half", "cpu")

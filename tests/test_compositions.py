@@ -200,10 +200,12 @@ def test_sample_composition_script(tmp_path):
     sample_composition.main(common + ["--classifier-ckpt", classifier, "--y-2", "2"])
     stem = tmp_path / "out" / "composition_M1_M2_y1-1_y2-2_g20"
     meta = json.loads(stem.with_suffix(".json").read_text())
+    assert meta.pop("sampling_seconds") > 0 and meta.pop("cpu_capability")
     assert meta == {"kind": "composition", "models": ["M1", "M2"], "observations": [1, 2], "guidance_scales": [20.0],
                     "checkpoints": [str(tmp_path / f"gen_{g}_ckpt_195.pth") for g in ("M1", "M2")],
-                    "classifier_checkpoints": [classifier], "num_steps": 2, "snr": 0.16, "seed": 0,
-                    "precision": "float32", "denoise_last_step": False}
+                    "classifier_checkpoints": [classifier], "sampler": "pc", "num_steps": 2, "snr": 0.16, "seed": 0,
+                    "precision": "float32", "precision_setting": "float32", "compile": False, "device": "cpu",
+                    "denoise_last_step": False, "score_evaluations_per_sample": 4}
     assert torch.load(stem.with_suffix(".pt")).shape == (3, 3, 28, 28) and stem.with_suffix(".png").is_file()
     with pytest.raises(UserError, match="train_classifier.py"):
         sample_composition.main(common + ["--classifier-ckpt", str(tmp_path / "missing.pth")])
@@ -219,5 +221,11 @@ def test_sample_3way_composition_script(tmp_path):
     assert meta["observations"] == [1, 2, 3] and meta["guidance_scales"] == [10.0, 75.0]
     assert meta["denoise_last_step"] is True
     assert meta["classifier_checkpoints"] == [joint, conditional]
+    # Another sampler: its settings and its cost are what the .json records.
+    sample_3way_composition.main(common + ["--conditional-classifier-ckpt", conditional, "--sampler", "heun-churn",
+                                           "--num-steps", "3", "--sigma-min", "0.1", "--churn", "5"])
+    meta = json.loads((tmp_path / "out" / "composition_MN1_MN2_MN3_y1-1_y2-2_y3-3_g10_g75.json").read_text())
+    assert (meta["sampler"], meta["num_steps"], meta["sigma_min"], meta["churn"]) == ("heun-churn", 3, 0.1, 5.0)
+    assert meta["score_evaluations_per_sample"] == 4 and "snr" not in meta
     with pytest.raises(UserError, match="train_3way_conditional_classifier.py"):
         sample_3way_composition.main(common + ["--conditional-classifier-ckpt", str(tmp_path / "missing.pth")])

@@ -37,10 +37,10 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert sum(n.startswith("evaluate composition") for n in names) == len(reproduce.SHOWCASE)
     assert sum(n.startswith("evaluate individual") for n in names) == 7
     sample = next(line for line in lines if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
-    assert "--num-steps 250" in sample and "--precision bfloat16" in sample
-    # The 3-way rows take the reference's 500 steps at the cpu scale too; --num-steps sets every row.
+    # The cpu scale samples every row, and every pool, with 40 steps of heun-churn; --num-steps sets every row.
+    assert "--num-steps 40" in sample and "--precision auto" in sample and "--sampler heun-churn" in sample
     three_way_sample = next(line for line in lines if "sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3" in line)
-    assert "--num-steps 500" in three_way_sample and "--num-steps 250" not in three_way_sample
+    assert "--num-steps 40" in three_way_sample and "--sampler heun-churn" in three_way_sample
     lines_300 = stage_lines(capsys, ["--dry-run", *dirs, "--num-steps", "300", "--only", "^sample"])
     assert len(lines_300) == len(reproduce.SHOWCASE) + 7 and all("--num-steps 300" in line for line in lines_300)
     # The cpu scale trains the 3-way classifier for fewer steps and exports it under the reference name.
@@ -48,23 +48,29 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--steps 300" in three_way
     conditional = next(line for line in lines if line.startswith("[run ] 3-way conditional classifier"))
     assert "3way_classifier_ckpt_700.pth" in conditional
-    # Every base model trains with the cpu-bf16 preset (bfloat16); only the 1/2 classifier decays its step
+    # Every base model trains with the cpu-24 preset (bfloat16 where native); only the 1/2 classifier decays its step
     # size more slowly. Showcase samples and classifier pools end with a denoising step.
     for name in ["base 1", "base MN1"]:
-        assert "--preset cpu-bf16 " in next(line for line in lines if line.startswith(f"[run ] {name}:"))
+        assert "--preset cpu-24 " in next(line for line in lines if line.startswith(f"[run ] {name}:"))
     assert "--lr-decay 0.99" in next(line for line in lines if line.startswith("[run ] classifier 1/2:"))
     assert "--lr-decay" not in next(line for line in lines if line.startswith("[run ] classifier M1/M2:"))
     assert "--denoise-last-step" in sample and "--denoise-last-step" in three_way and "--denoise-last-step" in conditional
-    # Pools of base-model samples take 100 steps (clean only with that denoising step); the conditional
-    # classifier's pools of guided compositions take 250.
-    assert "--trajectory-steps 100 " in three_way and "--trajectory-steps 250 " in conditional
+    assert "--sampler heun-churn --trajectory-steps 40 " in three_way
+    assert "--sampler heun-churn --trajectory-steps 40 " in conditional
+    # With the PC sampler, pools of base-model samples take 100 steps (clean only with that denoising step),
+    # the conditional classifier's pools of guided compositions 250, and the 3-way rows the reference's 500.
+    pc = stage_lines(capsys, ["--dry-run", *dirs, "--sampler", "pc"])
+    assert "--sampler pc --trajectory-steps 100 " in next(line for line in pc if line.startswith("[run ] 3-way classifier"))
+    assert "--trajectory-steps 250 " in next(line for line in pc if line.startswith("[run ] 3-way conditional"))
+    assert "--num-steps 500" in next(line for line in pc if "sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3" in line)
+    assert "--num-steps 250" in next(line for line in pc if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
     # The exported epoch: the last of a short preset's run, else the reference's 195 (of 200 epochs).
-    assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-bf16", "paper"]] == [11, 23, 195]
+    assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-24", "paper"]] == [11, 23, 195]
     # The grey models train twice the preset's epochs at the cpu scale; the coloured ones the preset's.
     base = {line.split(":")[0][7:]: line for line in lines if line.startswith("[run ] base ")}
     assert all("--epochs 48" in base[f"base {g}"] for g in ["1", "2"])
     assert not any("--epochs" in base[f"base {g}"] for g in ["M1", "M2", "MN1", "MN2", "MN3"])
-    assert needs["export 1"] == {"base 1"} and reproduce.final_epoch("cpu-bf16", 48) == 47
+    assert needs["export 1"] == {"base 1"} and reproduce.final_epoch("cpu-24", 48) == 47
 
     # --no-denoise-last-step restores the reference's last step in the showcase samples (not in the pools).
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--no-denoise-last-step", "--only", "^sample"])
@@ -80,7 +86,7 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--base-evaluations" not in next(line for line in lines if line.startswith("[run ] evaluate composition_M1"))
 
     # A finished base model is skipped; a half-finished one resumes.
-    (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")  # not the last of the cpu-bf16 preset's 24 epochs
+    (tmp_path / "run" / "gen_M1_ckpt_11.pth").write_bytes(b"")  # not the last of the cpu-24 preset's 24 epochs
     (tmp_path / "run" / "gen_1_ckpt_47.pth").write_bytes(b"")
     (tmp_path / "run" / "gen_M2_train_state.pth").write_bytes(b"")
     lines = stage_lines(capsys, ["--dry-run", *dirs])

@@ -1,8 +1,11 @@
 """PC sampler on analytic scores (no trained network needed)."""
+import math
+
+import pytest
 import torch
 import torch.nn as nn
 
-from samplers import pc_sampler, pc_trajectory_sampler, time_grid
+from samplers import CountingScore, Sampler, noise_levels, pc_sampler, pc_trajectory_sampler, time_grid
 from sde import VESDE
 
 
@@ -69,3 +72,82 @@ def test_denoise_last_step_removes_the_last_euler_steps_overshoot():
         spreads[denoise] = float(x.std())
     assert spreads[True] < s
     assert spreads[False] > 10 * s
+
+
+# ---- the noise-level samplers (heun, heun-churn) and the Sampler description ----
+
+def test_time_of_std_inverts_the_marginal_std():
+    sde = VESDE()
+    t = torch.linspace(1e-5, 1.0, 101, dtype=torch.float64)
+    torch.testing.assert_close(sde.time_of_std(sde.marginal_prob_std(t)), t.float(), rtol=1e-5, atol=1e-7)
+    sigma = torch.tensor([0.002, 0.05, 1.0, 9.0])
+    # (float32: std(t) = sqrt(sigma^(2t) - 1) loses digits to cancellation at small t)
+    torch.testing.assert_close(sde.marginal_prob_std(sde.time_of_std(sigma)), sigma, rtol=1e-4, atol=0)
+
+
+def test_noise_levels_run_from_the_prior_to_sigma_min():
+    levels = noise_levels(10, 0.05, 9.85, rho=7.0)
+    assert levels.shape == (10,) and float(levels[0]) == pytest.approx(9.85) and float(levels[-1]) == pytest.approx(0.05)
+    assert bool((levels[1:] < levels[:-1]).all())
+    with pytest.raises(ValueError, match="sigma_min"):
+        noise_levels(10, 20.0, 9.85)
+
+
+@pytest.mark.parametrize("name, num_steps", [("heun", 12), ("heun-churn", 20)])
+def test_heun_samplers_reproduce_gaussian_mean_and_variance_in_few_steps(name, num_steps):
+    sde = VESDE()
+    mu, s = 1.5, 0.5
+    score = GaussianScore(sde, mu, s, dim=2)
+    sampler = Sampler(name, num_steps, denoise_last_step=True, churn=40.0 if name == "heun-churn" else 0.0)
+    x = sampler.sample(score, sde, 4000, shape=(2,), generator=torch.Generator().manual_seed(0), progress=False)
+    # The prior N(0, std(1)^2) is centred at 0, not at mu: the exact ODE carries that offset to the end, scaled by
+    # s / sqrt(s^2 + std(1)^2); the churn's fresh noise forgets it.
+    offset = mu * s / math.sqrt(s ** 2 + sde.prior_std() ** 2) if name == "heun" else 0.0
+    assert abs(float(x.mean()) - (mu - offset)) < 0.02
+    assert abs(float(x.std()) - s) / s < 0.05
+    # The PC sampler at the same budget (about 20 evaluations) is off by more than three times the tolerance.
+    pc = Sampler("pc", sampler.evaluations_per_sample // 2).sample(score, sde, 4000, shape=(2,), progress=False,
+                                                                  generator=torch.Generator().manual_seed(0))
+    assert abs(float(pc.std()) - s) / s > 0.15
+
+
+@pytest.mark.parametrize("sampler", [Sampler("pc", 7), Sampler("pc", 7, denoise_last_step=True), Sampler("heun", 7),
+                                     Sampler("heun", 7, denoise_last_step=True),
+                                     Sampler("heun-churn", 7, churn=5.0, denoise_last_step=True)])
+def test_recorded_evaluation_count_is_the_number_of_score_calls(sampler):
+    sde = VESDE()
+    score = CountingScore(GaussianScore(sde, 0.0, 1.0, dim=2))
+    sampler.sample(score, sde, 5, shape=(2,), progress=False)
+    assert score.calls == sampler.evaluations_per_sample == sampler.settings(sde)["score_evaluations_per_sample"]
+
+
+def test_heun_trajectory_layout_times_and_seed():
+    sde = VESDE()
+    score = GaussianScore(sde, 0.0, 1.0, dim=2)
+    sampler = Sampler("heun-churn", 8, churn=10.0, sigma_min=0.1, denoise_last_step=True)
+    run = lambda: sampler.trajectory(score, sde, 6, shape=(2,), generator=torch.Generator().manual_seed(1),
+                                     progress=False)
+    (x1, traj1, times1), (x2, traj2, _) = run(), run()
+    assert torch.equal(x1, x2) and torch.equal(traj1, traj2)  # same seed, same samples
+    assert traj1.shape == (8, 6, 2) and torch.equal(traj1[-1], x1)  # the last entry is the denoised sample
+    assert float(times1[0]) == pytest.approx(1.0) and float(times1[-1]) == pytest.approx(float(sde.time_of_std(0.1)))
+    assert float(traj1[0].std()) == pytest.approx(sde.prior_std(), rel=0.5)  # the prior draw comes first
+    other = sampler.trajectory(score, sde, 6, shape=(2,), generator=torch.Generator().manual_seed(2), progress=False)
+    assert not torch.equal(other[0], x1)
+
+
+def test_churn_is_what_makes_heun_stochastic():
+    sde = VESDE()
+    score = GaussianScore(sde, 0.0, 1.0, dim=2)
+    start = lambda: torch.Generator().manual_seed(0)
+    ode = [Sampler("heun", 6).sample(score, sde, 4, shape=(2,), generator=start(), progress=False) for _ in range(2)]
+    churned = Sampler("heun-churn", 6, churn=10.0).sample(score, sde, 4, shape=(2,), generator=start(), progress=False)
+    assert torch.equal(ode[0], ode[1]) and not torch.allclose(ode[0], churned)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"name": "euler"}, "unknown sampler"), ({"num_steps": 1}, "at least 2"),
+                                             ({"snr": float("nan")}, "finite"), ({"name": "heun-churn"}, "churn > 0"),
+                                             ({"sigma_min": 0.0}, "sigma_min"), ({"churn": -1.0}, ">= 0")])
+def test_impossible_sampler_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Sampler(**kwargs)

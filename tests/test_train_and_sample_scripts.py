@@ -32,8 +32,8 @@ def test_cli_overrides_and_preset(data_root):
     assert preset["EPOCHS"] == 3  # an explicit flag wins over the preset
     assert preset["LR_SCHEDULE"] == "onecycle" and preset["CHANNELS"] == [32, 64, 128, 128]
     assert preset["PRECISION"] == "float32" and not preset["COMPILE"]
-    longer = train_diffusion.parse_args(["--preset", "cpu-bf16", "--gen-idx", "1"])
-    assert (longer["EPOCHS"], longer["PRECISION"], longer["COMPILE"]) == (24, "bfloat16", True)
+    longer = train_diffusion.parse_args(["--preset", "cpu-24", "--gen-idx", "1"])
+    assert (longer["EPOCHS"], longer["PRECISION"], longer["COMPILE"]) == (24, "auto", True)
     assert longer["CHANNELS"] == preset["CHANNELS"] and longer["LR_SCHEDULE"] == "onecycle"
 
 
@@ -63,7 +63,7 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
 
 
 def test_bfloat16_compiled_training_keeps_the_checkpoint_format(data_root, tmp_path):
-    """--compile --precision bfloat16 (the cpu-bf16 preset's; the cpu preset stays float32) trains float32 weights
+    """--compile --precision bfloat16 (the cpu-24 preset's; the cpu preset stays float32) trains float32 weights
     with the reference's keys, and a resume must keep the precision it started with."""
     train_diffusion.main(TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1",
                                  "--compile", "--precision", "bfloat16"])
@@ -123,7 +123,15 @@ def test_sample_script_writes_grid_tensor_and_settings(tmp_path):
     assert samples.shape == (5, 3, 28, 28) and 0 <= float(samples.min()) and float(samples.max()) <= 1
     meta = json.loads((tmp_path / "out" / "individual_M2.json").read_text())
     assert meta["models"] == ["M2"] and meta["num_steps"] == 3
+    assert meta["sampler"] == "pc" and meta["score_evaluations_per_sample"] == 6
     assert (tmp_path / "out" / "individual_M2.png").stat().st_size > 0
+    # Impossible sampler settings stop with one line before anything is sampled or written.
+    for flags, message in ((["--num-steps", "1"], "at least 2 steps"), (["--sampler", "heun", "--sigma-min", "-1"],
+                                                                        "sigma_min")):
+        with pytest.raises(UserError, match=message):
+            sample_individual_model.main(["--gen-idx", "M2", "--ckpt-dir", str(tmp_path), "--out-dir",
+                                          str(tmp_path / "refused"), *flags])
+        assert not (tmp_path / "refused" / "individual_M2.pt").exists()
 
 
 def test_sample_script_bad_checkpoints(tmp_path):
