@@ -1,4 +1,4 @@
-"""Shared machinery of the classifier-training scripts (SPEC §6): trajectory pools, the training losses
+"""Shared machinery of the classifier-training scripts (docs/reference.md §6): trajectory pools, the training losses
 on them, the optimizer loop, evaluation by noise level and the accuracy plot.
 
 Used by train_classifier.py (2 models), train_3way_classifier.py (3 models) and
@@ -17,6 +17,7 @@ on); tests use one fixed set of trajectories sampled at the start (the
 reference resamples them at every test) and run the classifier in eval mode.
 """
 import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,60 +26,52 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from cli import UserError, override_globals
+from artefacts import (accuracy_plot, base_model_path, classifier_checkpoint, classifier_checkpoints_glob,
+                       test_history)
+from checkpoints import atomic_save, ensure_writable_dir, load_score_model
+from cli import configure
 from custom_datasets import BASE_DATASETS
+from errors import UserError
 from losses import (JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, conditional_classifier_loss, conditional_keep_prob,
                     joint_non_terminal_loss, joint_soft_targets, joint_terminal_loss, select_steps)
+from models import freeze
 from models.classifier_model import marginal_log_probs
-from models.fast_paths import PRECISION_CHOICES, compile_in_place, fast_score_model
+from models.fast_paths import compile_in_place, fast_score_model
 from models.score_model import ScoreNet
-from samplers import SAMPLERS, Sampler
+from runtime import get_device, seed_everything
+from samplers import Sampler
+from sampling_scripts import precision_for, sampler_from_config
 from sde import VESDE
-from utils import (atomic_save, ensure_writable_dir, freeze, get_device, load_score_model, precision_for,
-                   sampler_from_config, seed_everything)
 
 # Test metrics are averaged over these bands of t; the last band includes t = 1.
 TIME_BANDS = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
 EVAL_CHUNK = 256  # images per classifier call when testing
 
-# Flags every script has that must be > 0 (each script checks those it has).
-POSITIVE = ["STEPS", "STEP_FRACTION", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "LR",
-            "LR_DECAY", "TARGET_UPDATE_EVERY", "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY",
-            "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "GEN_CKPT_EPOCH", "GUIDANCE_SCALE"]
-
 
 # ---- configuration ----
 
-def parse_config(namespace, names, description, argv=None, choices=None):
-    """The script's globals overridden from argv, checked; returns {name: value} for `names`."""
-    config = dict(namespace)
-    override_globals(config, names, description, argv, positive=[n for n in POSITIVE if n in names],
-                     choices={"PRECISION": PRECISION_CHOICES, "SAMPLER": list(SAMPLERS), **(choices or {})})
-    config = {name: config[name] for name in names}
+def parse_config(namespace, argv=None):
+    """The script's settings (`namespace` is its globals()) overridden from argv and checked together."""
+    config = configure(namespace, argv)
     sampler_from_config(config, "TRAJECTORY_STEPS")  # its settings checked before anything runs
     if config["BATCH_SIZE"] > config["POOL_SIZE"]:
         raise UserError(f"--batch-size {config['BATCH_SIZE']} is larger than --pool-size {config['POOL_SIZE']}; "
                         f"a minibatch is drawn from the pool, so pass a batch size <= the pool size")
-    if config["LR_DECAY"] > 1.0:
-        raise UserError(f"--lr-decay must be in (0, 1] (1 = constant learning rate), got {config['LR_DECAY']}")
-    if config.get("STEP_FRACTION", 1.0) > 1.0:
-        raise UserError(f"--step-fraction must be in (0, 1], got {config['STEP_FRACTION']}")
-    if config.get("WARMUP_STEPS", 0) < 0:
-        raise UserError(f"--warmup-steps must be >= 0, got {config['WARMUP_STEPS']}")
     if len(config["CLASSIFIER_CHANNELS"]) != 2:
         raise UserError(f"--classifier-channels needs 2 values, got {config['CLASSIFIER_CHANNELS']}")
     return config
 
 
 def checkpoint_path(config, step):
-    return Path(config["CKPT_DIR"]) / f"{config['CLASSIFIER_NAME']}_ckpt_{step}.pth"
+    return Path(config["CKPT_DIR"]) / classifier_checkpoint(config["CLASSIFIER_NAME"], step)
 
 
 def start_run(config):
     """Check that CKPT_DIR is writable and holds no earlier run of this name (unless --overwrite), seed; the device."""
     ckpt_dir = ensure_writable_dir(config["CKPT_DIR"])
-    if not config["OVERWRITE"] and any(ckpt_dir.glob(f"{config['CLASSIFIER_NAME']}_ckpt_*.pth")):
-        raise UserError(f"{ckpt_dir} already holds {config['CLASSIFIER_NAME']}_ckpt_*.pth; pass --overwrite to "
+    existing = classifier_checkpoints_glob(config["CLASSIFIER_NAME"])
+    if not config["OVERWRITE"] and any(ckpt_dir.glob(existing)):
+        raise UserError(f"{ckpt_dir} already holds {existing}; pass --overwrite to "
                         f"replace them or --classifier-name to train another classifier beside them")
     seed_everything(config["SEED"])
     return get_device(config["DEVICE"])
@@ -89,8 +82,8 @@ def load_base_models(config, gen_idxs, sde, device):
     channels = {BASE_DATASETS[g][0] for g in gen_idxs}
     if len(channels) > 1:
         raise UserError(f"base models {', '.join(gen_idxs)} mix grey and coloured datasets; compose models of one kind")
-    return [load_score_model(Path(config["GEN_CKPT_DIR"]) / f"gen_{g}_ckpt_{config['GEN_CKPT_EPOCH']}.pth", sde,
-                             device, input_channels=BASE_DATASETS[g][0]) for g in gen_idxs]
+    return [load_score_model(base_model_path(config["GEN_CKPT_DIR"], g, config["GEN_CKPT_EPOCH"]), sde, device,
+                             input_channels=BASE_DATASETS[g][0]) for g in gen_idxs]
 
 
 def build_classifier(classifier_class, config, input_channels, device):
@@ -315,7 +308,7 @@ def plot_accuracy(result, source_names, path, title):
 
 def make_tester(config, classifier, predict, test, targets, source_names):
     """run_test(step): evaluate in eval mode, print a summary, rewrite <CLASSIFIER_NAME>_accuracy.png."""
-    plot_path = Path(config["CKPT_DIR"]) / f"{config['CLASSIFIER_NAME']}_accuracy.png"
+    plot_path = Path(config["CKPT_DIR"]) / accuracy_plot(config["CLASSIFIER_NAME"])
 
     def run_test(step):
         classifier.eval()
@@ -336,12 +329,17 @@ def fit(config, classifier, training_loss, run_test, counters=None):
     `training_loss(step)` (1-based) returns (loss, {name: float}).
 
     Returns the history of tests: [{"step", "train_seconds" (wall time of the training steps so far, tests
-    excluded), "result", **counters()}]."""
+    excluded), "result", **counters()}], also written after every test to <CKPT_DIR>/<CLASSIFIER_NAME>_tests.json
+    (each result as its "times" and "accuracy" [time, source])."""
     history, train_seconds = [], 0.0
+    history_path = Path(config["CKPT_DIR"]) / test_history(config["CLASSIFIER_NAME"])
 
     def record(step, result):
         history.append({"step": step, "train_seconds": train_seconds, "result": result,
                         **(counters() if counters else {})})
+        history_path.write_text(json.dumps([
+            {**{k: v for k, v in entry.items() if k != "result"}, "times": entry["result"].times.tolist(),
+             "accuracy": entry["result"].accuracy.tolist()} for entry in history]) + "\n")
 
     optimizer = torch.optim.Adadelta(classifier.parameters(), lr=config["LR"])
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config["LR_DECAY"])

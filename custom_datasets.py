@@ -1,4 +1,4 @@
-"""Coloured MNIST base datasets of the reference experiments (SPEC §2).
+"""Coloured MNIST base datasets of the reference experiments (docs/reference.md §2).
 
 A base dataset is a list of (digit, colour) cells; every MNIST image of that
 digit appears once per colour. A colour is one channel of an otherwise black
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cli import UserError
+from errors import UserError
 
 DATA_ROOT = "data"
 COLOURS = ("grey", "red", "green")

@@ -31,25 +31,26 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError, override_globals, run_main
-from custom_datasets import BASE_DATASETS, DATA_ROOT, colour_images, load_mnist
-from evaluate_composition import load_samples, read_meta, row_name, sample_cells
+from artefacts import ORACLE_CHECKPOINT, THREE_WAY_CLASSIFIER, reference_classifier_checkpoint
+from checkpoints import ensure_writable_dir, load_classifier, load_oracle
+from cli import configure, run_main
+from custom_datasets import DATA_ROOT, colour_images, load_mnist
+from errors import UserError
+from evaluation import load_samples, read_meta, row_name, sample_cells
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier, marginal_log_probs
-from models.oracle import ORACLE_PATH, load_oracle, predict
+from models.oracle import predict
 from samplers.pc_sampler import SAMPLING_EPS
 from targets import cell_name, model_posteriors, validate_composition
-from utils import ensure_writable_dir, load_classifier
 
-CLASSIFIER_CKPT = "checkpoints/3way_classifier_ckpt_700.pth"
+CLASSIFIER_CKPT = reference_classifier_checkpoint(THREE_WAY_CLASSIFIER)
 MODELS = []  # empty: MN1 MN2 MN3, or with SAMPLES the models in the .json beside them
 IMAGES_PER_CELL = 200
 SAMPLES = None  # a sample script's .pt: judge the classifier on those samples, grouped by the oracle
-ORACLE = ORACLE_PATH
+ORACLE = ORACLE_CHECKPOINT
 TIME = SAMPLING_EPS
 OUT_DIR = "outputs"
 DEVICE = "cpu"
 
-OVERRIDABLE = ["CLASSIFIER_CKPT", "MODELS", "IMAGES_PER_CELL", "SAMPLES", "ORACLE", "TIME", "OUT_DIR", "DEVICE"]
 CLASSIFIERS = {2: (JointYClassifier, "train_classifier.py"), 3: (ThreeWayJointYClassifier, "train_3way_classifier.py")}
 
 
@@ -112,11 +113,7 @@ def print_table(rows, models):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["IMAGES_PER_CELL"],
-                     choices={"MODELS": list(BASE_DATASETS)})
-    if not 0.0 < config["TIME"] <= 1.0:
-        raise UserError(f"--time must be in (0, 1], got {config['TIME']}")
+    config = configure(globals(), argv)
     samples_path = config["SAMPLES"]
     if samples_path is None:
         models = [str(name) for name in config["MODELS"] or ["MN1", "MN2", "MN3"]]
@@ -143,7 +140,7 @@ def main(argv=None):
     print(f"{config['CLASSIFIER_CKPT']} at t = {config['TIME']:g} on {source}, models {models}")
     print_table(rows, models)
     out = ensure_writable_dir(config["OUT_DIR"]) / out_name
-    out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "models": models, "cells": rows},
+    out.write_text(json.dumps({"settings": config, "models": models, "cells": rows},
                               indent=2) + "\n")
     print(f"wrote {out}")
     return rows

@@ -1,4 +1,4 @@
-"""Training losses (SPEC §6). The classifier losses live beside the score-matching loss."""
+"""Training losses (docs/reference.md §6). The classifier losses live beside the score-matching loss."""
 import torch
 
 TRAIN_EPS = 1e-5
@@ -13,7 +13,7 @@ def denoising_score_matching_loss(score_model, x, sde, eps=TRAIN_EPS):
     return ((score * std + z) ** 2).flatten(1).sum(dim=1).mean()
 
 
-# ---- Time-dependent classifier losses (SPEC §6) ----
+# ---- Time-dependent classifier losses (docs/reference.md §6) ----
 # Trajectory steps with t > NON_TERMINAL_MAX_TIME are never trained on: the reference finds them too noisy.
 NON_TERMINAL_MAX_TIME = 0.7
 JOINT_STEP_FRACTION = 0.1  # the joint classifier trains on ~10% of the steps with t <= 0.7 per optimizer step

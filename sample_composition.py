@@ -1,4 +1,4 @@
-"""Sample the composition p(x | y_1, y_2) of two trained base models (SPEC §7).
+"""Sample the composition p(x | y_1, y_2) of two trained base models (docs/reference.md §7).
 
 The composite score is sum_i P(y1 = i | x_t) s_i(x_t) + GUIDANCE * grad log Q(y_1, y_2 | x_t),
 with Q the joint classifier from train_classifier.py. Labels are 1-based:
@@ -8,20 +8,18 @@ contrast the other way round. Edit the globals or override them, e.g.
     python sample_composition.py --gen-idx-1 1 --gen-idx-2 2 --classifier-ckpt checkpoints/<1-vs-2 classifier>.pth
 Writes <OUT_DIR>/composition_<GEN_IDX_1>_<GEN_IDX_2>_y1-<Y_1>_y2-<Y_2>_g<GUIDANCE>.png, .pt and .json.
 """
-from cli import override_globals, run_main
-from custom_datasets import BASE_DATASETS
-from models.fast_paths import PRECISION_CHOICES
+from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, reference_classifier_checkpoint
+from cli import configure, run_main
 from models.classifier_model import JointYClassifier
-from samplers import SAMPLERS
-from utils import sample_composition_to_disk
+from sampling_scripts import sample_composition_to_disk
 
 GEN_IDX_1 = "M1"
 GEN_IDX_2 = "M2"
-CKPT_DIR = "checkpoints"
-CKPT_EPOCH = 195
-CKPT_PATH_1 = None  # a full path overrides CKPT_DIR/gen_{GEN_IDX_1}_ckpt_{CKPT_EPOCH}.pth
-CKPT_PATH_2 = None
-CLASSIFIER_CKPT = "checkpoints/classifier_ckpt_200.pth"  # must be trained on GEN_IDX_1 vs GEN_IDX_2
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = REFERENCE_EPOCH
+GEN_CKPT_PATH_1 = None  # a full path overrides GEN_CKPT_DIR/gen_{GEN_IDX_1}_ckpt_{GEN_CKPT_EPOCH}.pth
+GEN_CKPT_PATH_2 = None
+CLASSIFIER_CKPT = reference_classifier_checkpoint(JOINT_CLASSIFIER)  # must be trained on GEN_IDX_1 vs GEN_IDX_2
 Y_1 = 1
 Y_2 = 1
 GUIDANCE = 20.0  # 1 = the exact composition; the reference samples with 20
@@ -41,21 +39,12 @@ PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the d
 DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step
 # (cleaner backgrounds, fewer malformed digits; README, "The last step")
 
-OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "CKPT_DIR", "CKPT_EPOCH", "CKPT_PATH_1", "CKPT_PATH_2", "CLASSIFIER_CKPT",
-               "Y_1", "Y_2", "GUIDANCE", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR", "SAMPLER", "SIGMA_MIN", "CHURN", "SEED", "PALETTE",
-               "OUT_DIR", "DEVICE", "COMPILE", "PRECISION", "DENOISE_LAST_STEP"]
-
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv,
-                     positive=["CKPT_EPOCH", "NUM_SAMPLES", "BATCH_SIZE", "NUM_STEPS", "SNR"],
-                     choices={"GEN_IDX_1": list(BASE_DATASETS), "GEN_IDX_2": list(BASE_DATASETS),
-                              "Y_1": [1, 2], "Y_2": [1, 2], "PALETTE": ["rgb", "colorblind"],
-                              "PRECISION": PRECISION_CHOICES, "SAMPLER": list(SAMPLERS)})
+    config = configure(globals(), argv)
     return sample_composition_to_disk(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]],
-                               [(config["CLASSIFIER_CKPT"], JointYClassifier, "train_classifier.py")],
-                               [config["Y_1"], config["Y_2"]], [config["GUIDANCE"]])
+                                      [(config["CLASSIFIER_CKPT"], JointYClassifier, "train_classifier.py")],
+                                      [config["Y_1"], config["Y_2"]], [config["GUIDANCE"]])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The variance-exploding SDE dx = sigma^t dw on t in [0, 1] (SPEC §3).
+"""The variance-exploding SDE dx = sigma^t dw on t in [0, 1] (docs/reference.md §3).
 
 One home for the SDE: every model, sampler and training script takes its
 marginal std and diffusion coefficient from here.

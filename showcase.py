@@ -3,7 +3,8 @@
 Data shared by reproduce.py (which samples and evaluates them) and the benchmarks (which sample them
 at other settings), so that the rows are declared once.
 """
-from pathlib import Path
+from artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, SUBDIGITS_CLASSIFIER, THREE_WAY_CLASSIFIER,
+                       reference_classifier_checkpoint)
 
 # (sample script, models, observations, guidance scales)
 SHOWCASE = [  # most important first: an interrupted run has these
@@ -23,16 +24,18 @@ SHOWCASE = [  # most important first: an interrupted run has these
 
 
 def sample_command(script, models, observations, scales, export_dir, out_dir, num_samples, flags):
-    command = [script, "--ckpt-dir", str(export_dir), "--out-dir", str(out_dir), "--num-samples", str(num_samples),
+    """The sample script's argv for a row, reading every checkpoint from `export_dir` under the reference's names."""
+    command = [script, "--gen-ckpt-dir", str(export_dir), "--out-dir", str(out_dir), "--num-samples", str(num_samples),
                *flags]
     for k, (model, y) in enumerate(zip(models, observations), start=1):
         command += [f"--gen-idx-{k}", model, f"--y-{k}", str(y)]
     command += ["--guidance", f"{scales[0]:g}"]
     if script == "sample_3way_composition.py":
         command += ["--guidance-3", f"{scales[1]:g}",
-                    "--classifier-ckpt", str(export_dir / "3way_classifier_ckpt_700.pth"),
-                    "--conditional-classifier-ckpt", str(export_dir / "3way_conditional_classifier_ckpt_200.pth")]
+                    "--classifier-ckpt", reference_classifier_checkpoint(THREE_WAY_CLASSIFIER, export_dir),
+                    "--conditional-classifier-ckpt",
+                    reference_classifier_checkpoint(CONDITIONAL_CLASSIFIER, export_dir)]
     else:
-        name = "subdigits_classifier" if models == ["1", "2"] else "classifier"
-        command += ["--classifier-ckpt", str(export_dir / f"{name}_ckpt_200.pth")]
+        name = SUBDIGITS_CLASSIFIER if models == ["1", "2"] else JOINT_CLASSIFIER
+        command += ["--classifier-ckpt", reference_classifier_checkpoint(name, export_dir)]
     return command

@@ -1,4 +1,4 @@
-"""Exact target distributions of compositions over (digit, colour) cells (SPEC §1, §8).
+"""Exact target distributions of compositions over (digit, colour) cells (docs/reference.md §1, §8).
 
 Each base model i is taken to be its dataset D_i with every image equally
 likely: p_i(x) = 1/|D_i| for an image of a cell of D_i, else 0. All images of
@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from cli import UserError
+from errors import UserError
 from custom_datasets import DATA_ROOT, dataset_spec, load_mnist
 
 

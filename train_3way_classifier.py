@@ -1,4 +1,5 @@
-"""Train the joint classifier Q(y1, y2 | x_t) of three base models (MN1, MN2, MN3) on their trajectories (SPEC §6).
+"""Train the joint classifier Q(y1, y2 | x_t) of three base models (MN1, MN2, MN3) on their trajectories
+(docs/reference.md §6).
 
 Reference defaults: 700 Adadelta steps (lr 1.0, constant), the first 100 on the terminal loss only, fresh
 trajectories (128 per model, 500 PC steps) for every step, the bootstrap target refreshed every 5 steps,
@@ -7,16 +8,16 @@ terminal cross-entropy over the 3 one-hot label entries, hence TERMINAL_LOSS_SCA
 
 CPU-scale example: see train_classifier.py (the same pool and trunk flags).
 """
+from artefacts import REFERENCE_EPOCH, THREE_WAY_CLASSIFIER
 from classifier_training import parse_config, train_joint_classifier
 from cli import run_main
-from custom_datasets import BASE_DATASETS
 from models.classifier_model import ThreeWayJointYClassifier
 
 GEN_IDX_1 = "MN1"
 GEN_IDX_2 = "MN2"
 GEN_IDX_3 = "MN3"
 GEN_CKPT_DIR = "checkpoints"
-GEN_CKPT_EPOCH = 195  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
 STEPS = 700
 WARMUP_STEPS = 100  # terminal loss only for these first steps
 STEP_FRACTION = 0.1  # share of the steps with t <= 0.7 the non-terminal loss trains on per optimizer step
@@ -43,21 +44,14 @@ TEST_SAMPLES = 300  # test trajectories per model, sampled once at the start
 TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
 CKPT_EVERY = 50
 CKPT_DIR = "checkpoints"
-CLASSIFIER_NAME = "3way_classifier"  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
+CLASSIFIER_NAME = THREE_WAY_CLASSIFIER  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
 SEED = 0
 DEVICE = "auto"
 OVERWRITE = False
 
-OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "STEPS", "WARMUP_STEPS",
-               "STEP_FRACTION", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "SAMPLER", "SIGMA_MIN", "CHURN", "COMPILE",
-               "PRECISION", "LR", "LR_DECAY", "TARGET_UPDATE_EVERY", "TERMINAL_LOSS_SCALE", "CLASSIFIER_CHANNELS",
-               "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR",
-               "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE", "DENOISE_LAST_STEP"]
-
 
 def main(argv=None):
-    config = parse_config(globals(), OVERRIDABLE, __doc__, argv,
-                          choices={f"GEN_IDX_{k}": list(BASE_DATASETS) for k in (1, 2, 3)})
+    config = parse_config(globals(), argv)
     return train_joint_classifier(config, [config[f"GEN_IDX_{k}"] for k in (1, 2, 3)], ThreeWayJointYClassifier)
 
 

@@ -1,4 +1,4 @@
-"""Train the conditional classifier Q3(y3 | x_t, y1, y2) of three base models (SPEC §6).
+"""Train the conditional classifier Q3(y3 | x_t, y1, y2) of three base models (docs/reference.md §6).
 
 For every unordered label pair {y1, y2} in {11, 12, 13, 22, 23, 33}, trajectories are sampled from the
 composition p(x | y1, y2) (BinaryDiffusionComposition with the trained 3-way joint classifier, guidance
@@ -7,30 +7,32 @@ Reference defaults: 200 Adadelta steps (lr 0.1), 128 fresh trajectories per pair
 every step, a test every 10 steps (300 trajectories per pair) and a checkpoint
 3way_conditional_classifier_ckpt_{step}.pth every 20 steps.
 
-CPU-scale example: see train_classifier.py (the same pool and trunk flags), plus --joint-classifier-path.
+CPU-scale example: see train_classifier.py (the same pool and trunk flags), plus --classifier-ckpt.
 """
 import copy
 
 import torch
 
+from artefacts import CONDITIONAL_CLASSIFIER, REFERENCE_EPOCH, THREE_WAY_CLASSIFIER, reference_classifier_checkpoint
+from checkpoints import load_classifier
 from classifier_training import (TrajectoryPool, build_classifier, conditional_training_loss, every_nth_step, fit,
                                  load_base_models, make_tester, parse_config, start_run, trainable_steps,
                                  trajectory_sampler)
-from cli import UserError, run_main
-from custom_datasets import BASE_DATASETS
+from cli import run_main
+from errors import UserError
 from models.classifier_model import (ThreeWayConditionalYClassifier, ThreeWayJointYClassifier, marginal_log_probs,
                                      unordered_pairs)
 from models.compositions import BinaryDiffusionComposition
 from sde import VESDE
-from utils import load_classifier
 
 GEN_IDX_1 = "MN1"
 GEN_IDX_2 = "MN2"
 GEN_IDX_3 = "MN3"
 GEN_CKPT_DIR = "checkpoints"
-GEN_CKPT_EPOCH = 195  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
-JOINT_CLASSIFIER_PATH = "checkpoints/3way_classifier_ckpt_700.pth"
-GUIDANCE_SCALE = 10.0  # lambda of the compositions whose trajectories are trained on
+GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+CLASSIFIER_CKPT = reference_classifier_checkpoint(THREE_WAY_CLASSIFIER)  # the 3-way joint classifier: it guides
+# the compositions and gives the soft targets
+GUIDANCE = 10.0  # the joint classifier's scale in the compositions whose trajectories are trained on
 STEPS = 200
 BATCH_SIZE = 128  # trajectories per label pair in each optimizer step
 POOL_SIZE = 128  # trajectories per label pair sampled at once (reference: = BATCH_SIZE)
@@ -53,16 +55,10 @@ TEST_SAMPLES = 300  # test trajectories per label pair, sampled once at the star
 TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
 CKPT_EVERY = 20
 CKPT_DIR = "checkpoints"
-CLASSIFIER_NAME = "3way_conditional_classifier"  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
+CLASSIFIER_NAME = CONDITIONAL_CLASSIFIER  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
 SEED = 0
 DEVICE = "auto"
 OVERWRITE = False
-
-OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_IDX_3", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "JOINT_CLASSIFIER_PATH",
-               "GUIDANCE_SCALE", "STEPS", "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "SAMPLER", "SIGMA_MIN", "CHURN", "COMPILE",
-               "PRECISION", "LR", "LR_DECAY", "CLASSIFIER_CHANNELS", "EMBED_DIM", "T_EMBED_DIM", "TEST_EVERY",
-               "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR", "CLASSIFIER_NAME", "SEED", "DEVICE",
-               "OVERWRITE", "DENOISE_LAST_STEP"]
 
 PAIRS = sorted(unordered_pairs(3))  # (1,1), (1,2), (1,3), (2,2), (2,3), (3,3), the reference's order
 
@@ -72,16 +68,16 @@ def train(config):
     sde = VESDE()
     gen_idxs = [config[f"GEN_IDX_{k}"] for k in (1, 2, 3)]
     score_models = load_base_models(config, gen_idxs, sde, device)
-    joint = load_classifier(config["JOINT_CLASSIFIER_PATH"], ThreeWayJointYClassifier, device,
+    joint = load_classifier(config["CLASSIFIER_CKPT"], ThreeWayJointYClassifier, device,
                             made_by="train_3way_classifier.py")
     try:
         # The compositions guide with their own copy of the joint classifier: the sampler's fast path casts its
         # networks' weights in place, and `joint` also computes the float32 soft targets.
         guide = copy.deepcopy(joint)
-        compositions = [BinaryDiffusionComposition(score_models, guide, y_1, y_2, config["GUIDANCE_SCALE"])
+        compositions = [BinaryDiffusionComposition(score_models, guide, y_1, y_2, config["GUIDANCE"])
                         for y_1, y_2 in PAIRS]
     except ValueError as error:
-        raise UserError(f"{config['JOINT_CLASSIFIER_PATH']}: {error}") from None
+        raise UserError(f"{config['CLASSIFIER_CKPT']}: {error}") from None
     classifier = build_classifier(ThreeWayConditionalYClassifier, config, score_models[0].input_channels, device)
     draw_generator = torch.Generator().manual_seed(config["SEED"])
     sample = trajectory_sampler(compositions, config, sde, device)
@@ -105,8 +101,7 @@ def train(config):
 
 
 def main(argv=None):
-    train(parse_config(globals(), OVERRIDABLE, __doc__, argv,
-                       choices={f"GEN_IDX_{k}": list(BASE_DATASETS) for k in (1, 2, 3)}))
+    train(parse_config(globals(), argv))
 
 
 if __name__ == "__main__":

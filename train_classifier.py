@@ -1,4 +1,4 @@
-"""Train the joint classifier Q(y1, y2 | x_t) of two base models on their sampling trajectories (SPEC §6).
+"""Train the joint classifier Q(y1, y2 | x_t) of two base models on their sampling trajectories (docs/reference.md §6).
 
 Reference defaults (M1 vs M2): 200 Adadelta steps (lr 1.0, decayed 0.97 per step), the first 100 on the
 terminal loss only, fresh trajectories (128 per model, 500 PC steps) for every step, the bootstrap
@@ -9,18 +9,18 @@ CPU-scale example (a pool of trajectories reused for 100 steps, 100 sampler step
     python train_classifier.py --gen-ckpt-dir runs/cpu --gen-ckpt-epoch 11 --trajectory-steps 100 \
         --pool-size 256 --pool-reuse 100 --batch-size 64 --classifier-channels 16 32 --test-samples 100 \
         --test-every 50 --ckpt-every 50
-took 6.6 minutes on one CPU thread (sampling is 85% of it) and reached test accuracy 0.84 at t = eps and
-0.74-0.84 in the bands of t <= 0.7, on CPU-recipe base models.
+(its cost and test accuracy on CPU-recipe base models: docs/performance.md). Every test is also written to
+<CKPT_DIR>/<CLASSIFIER_NAME>_tests.json.
 """
+from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH
 from classifier_training import parse_config, train_joint_classifier
 from cli import run_main
-from custom_datasets import BASE_DATASETS
 from models.classifier_model import JointYClassifier
 
 GEN_IDX_1 = "M1"
 GEN_IDX_2 = "M2"
 GEN_CKPT_DIR = "checkpoints"
-GEN_CKPT_EPOCH = 195  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
 STEPS = 200
 WARMUP_STEPS = 100  # terminal loss only for these first steps
 STEP_FRACTION = 0.1  # share of the steps with t <= 0.7 the non-terminal loss trains on per optimizer step
@@ -47,21 +47,14 @@ TEST_SAMPLES = 300  # test trajectories per model, sampled once at the start
 TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
 CKPT_EVERY = 25
 CKPT_DIR = "checkpoints"
-CLASSIFIER_NAME = "classifier"  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
+CLASSIFIER_NAME = JOINT_CLASSIFIER  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
 SEED = 0
 DEVICE = "auto"
 OVERWRITE = False
 
-OVERRIDABLE = ["GEN_IDX_1", "GEN_IDX_2", "GEN_CKPT_DIR", "GEN_CKPT_EPOCH", "STEPS", "WARMUP_STEPS", "STEP_FRACTION",
-               "BATCH_SIZE", "POOL_SIZE", "POOL_REUSE", "TRAJECTORY_STEPS", "SNR", "SAMPLER", "SIGMA_MIN", "CHURN", "COMPILE", "PRECISION", "LR",
-               "LR_DECAY", "TARGET_UPDATE_EVERY", "TERMINAL_LOSS_SCALE", "CLASSIFIER_CHANNELS", "EMBED_DIM",
-               "T_EMBED_DIM", "TEST_EVERY", "TEST_SAMPLES", "TEST_STEP_STRIDE", "CKPT_EVERY", "CKPT_DIR",
-               "CLASSIFIER_NAME", "SEED", "DEVICE", "OVERWRITE", "DENOISE_LAST_STEP"]
-
 
 def main(argv=None):
-    config = parse_config(globals(), OVERRIDABLE, __doc__, argv,
-                          choices={"GEN_IDX_1": list(BASE_DATASETS), "GEN_IDX_2": list(BASE_DATASETS)})
+    config = parse_config(globals(), argv)
     return train_joint_classifier(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]], JointYClassifier)
 
 

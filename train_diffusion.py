@@ -1,4 +1,4 @@
-"""Train one base score model on a coloured-MNIST dataset (SPEC §6).
+"""Train one base score model on a coloured-MNIST dataset (docs/reference.md §6).
 
 Edit the globals or override them from the command line (--gen-idx MN2 --epochs 20 ...).
 Writes gen_{GEN_IDX}_ckpt_{epoch}.pth (plain state_dict, the reference's format)
@@ -7,7 +7,7 @@ them for --resume, and a loss-curve PNG at the end.
 
 CPU recipe (about 10 minutes on 2 cores, see README):
     python train_diffusion.py --preset cpu --gen-idx MN1         # 12 epochs, float32
-    python train_diffusion.py --preset cpu-24 --gen-idx MN1      # 24 epochs, bfloat16 where native: reproduce.py's recipe
+    python train_diffusion.py --preset cpu-24 --gen-idx MN1   # 24 epochs, bfloat16 where native: reproduce.py's
 """
 import math
 from pathlib import Path
@@ -15,13 +15,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cli import UserError, override_globals, run_main
-from custom_datasets import BASE_DATASETS, ColouredMNIST
+from artefacts import base_model_checkpoint, base_model_checkpoints_glob, loss_plot, train_state
+from checkpoints import atomic_save, ensure_writable_dir, load_into
+from cli import configure, run_main
+from custom_datasets import ColouredMNIST
+from errors import UserError
 from losses import denoising_score_matching_loss
-from models.fast_paths import PRECISION_CHOICES, PRECISIONS, AutocastScore, compile_in_place, resolve_precision
+from models.fast_paths import PRECISIONS, AutocastScore, compile_in_place, resolve_precision
 from models.score_model import ScoreNet
+from recipes import PRESETS
+from runtime import get_device, seed_everything
 from sde import VESDE
-from utils import atomic_save, ensure_writable_dir, get_device, load_into, seed_everything
 
 GEN_IDX = "MN1"
 EPOCHS = 200
@@ -44,51 +48,31 @@ RESUME = False
 OVERWRITE = False
 PRESET = None
 
-# Named flag sets; explicit flags still win over a preset.
-CPU_PRESET = {"EPOCHS": 12, "BATCH_SIZE": 128, "LR": 5e-3, "LR_SCHEDULE": "onecycle", "CHANNELS": [32, 64, 128, 128]}
-PRESETS = {
-    "cpu": CPU_PRESET,
-    # Twice the epochs halve the malformed digits. On a CPU with native bfloat16 they cost about the float32
-    # run's time; elsewhere "auto" trains in float32, as autocast there was 12x slower per step (docs/performance.md).
-    # Sample it with --denoise-last-step, which removes the speckle of the reference's last sampler step (README).
-    "cpu-24": {**CPU_PRESET, "EPOCHS": 24, "COMPILE": True, "PRECISION": "auto"},
-    "paper": {},
-}
-OVERRIDABLE = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",
-               "SAVE_EVERY", "TRAIN_SUBSET", "COMPILE", "PRECISION", "CKPT_DIR", "DATA_ROOT", "SEED", "DEVICE",
-               "RESUME", "OVERWRITE", "PRESET"]
+# The settings a resume must share with the run it continues.
 CONFIG_KEYS = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",
                "TRAIN_SUBSET", "PRECISION", "SEED"]
 DEFAULTS_OF_LATER_KEYS = {"PRECISION": "float32"}  # what train states saved before a key existed used
 
 
 def parse_args(argv=None):
-    explicit = override_globals(dict(globals()), OVERRIDABLE, __doc__, argv)  # first pass: find --preset
-    defaults = dict(globals())
-    if explicit.PRESET is not None:
-        if explicit.PRESET not in PRESETS:
-            raise UserError(f"unknown preset {explicit.PRESET!r}; choose one of {', '.join(PRESETS)}")
-        defaults.update(PRESETS[explicit.PRESET])
-    override_globals(defaults, OVERRIDABLE, __doc__, argv, positive=["EPOCHS", "BATCH_SIZE", "LR", "LR_END",
-                     "CHANNELS", "EMBED_DIM", "SAVE_EVERY"], choices={"GEN_IDX": list(BASE_DATASETS),
-                     "LR_SCHEDULE": ["exponential", "onecycle"], "PRECISION": PRECISION_CHOICES,
-                     "PRESET": list(PRESETS) + [None]})
-    config = {name: defaults[name] for name in OVERRIDABLE}
+    preset = configure(globals(), argv, exclude=["CONFIG_KEYS"])["PRESET"]  # first pass: find --preset
+    config = configure(globals(), argv, exclude=["CONFIG_KEYS"], defaults=PRESETS[preset] if preset else None)
     if len(config["CHANNELS"]) != 4 or any(c % 32 for c in config["CHANNELS"]):
         raise UserError(f"--channels needs 4 multiples of 32 (GroupNorm uses 32 groups); got {config['CHANNELS']}")
     return config
 
 
 def checkpoint_path(config, epoch):
-    return Path(config["CKPT_DIR"]) / f"gen_{config['GEN_IDX']}_ckpt_{epoch}.pth"
+    return Path(config["CKPT_DIR"]) / base_model_checkpoint(config["GEN_IDX"], epoch)
 
 
 def state_path(config):
-    return Path(config["CKPT_DIR"]) / f"gen_{config['GEN_IDX']}_train_state.pth"
+    return Path(config["CKPT_DIR"]) / train_state(config["GEN_IDX"])
 
 
 def existing_run(config):
-    return state_path(config).exists() or any(Path(config["CKPT_DIR"]).glob(f"gen_{config['GEN_IDX']}_ckpt_*.pth"))
+    earlier_checkpoints = Path(config["CKPT_DIR"]).glob(base_model_checkpoints_glob(config["GEN_IDX"]))
+    return state_path(config).exists() or any(earlier_checkpoints)
 
 
 def make_scheduler(optimizer, config, steps_per_epoch):
@@ -188,7 +172,7 @@ def train(config):
                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                      "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}, resume_file)
     progress.close()
-    plot_losses(losses, ckpt_dir / f"gen_{config['GEN_IDX']}_loss.png")
+    plot_losses(losses, ckpt_dir / loss_plot(config["GEN_IDX"]))
     print(f"saved {checkpoint_path(config, config['EPOCHS'] - 1)} (final loss {losses[-1]:.3f})")
     return model
 

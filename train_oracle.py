@@ -18,32 +18,31 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cli import UserError, override_globals, run_main
+from artefacts import ORACLE_CHECKPOINT
+from checkpoints import atomic_save, ensure_writable_dir, half_state_dict, load_oracle
+from cli import configure, run_main
 from custom_datasets import COLOURS, colour_images, load_mnist
-from models.oracle import CONFIDENCE, JUNK_CLASS, ORACLE_COLOURS, ORACLE_PATH, OracleNet, load_oracle, predict
-from utils import atomic_save, ensure_writable_dir, get_device, half_state_dict, seed_everything
+from errors import UserError
+from models.oracle import CONFIDENCE, JUNK_CLASS, ORACLE_COLOURS, OracleNet, predict
+from runtime import get_device, seed_everything
 
 EPOCHS = 3
 BATCH_SIZE = 128
 LR = 3e-3
-WEIGHT_DECAY = 1e-4
+WEIGHT_DECAY = 1e-4  # AdamW's
 JUNK_FRACTION = 0.1  # junk images added per batch, as a fraction of the batch
-MAX_ROTATION_DEG = 15.0
-MAX_SHIFT_PX = 3.0
-MAX_SCALE_CHANGE = 0.15
-MAX_NOISE_STD = 0.15
+MAX_ROTATION_DEG = 15.0  # augmentation: the largest rotation, in degrees
+MAX_SHIFT_PX = 3.0  # augmentation: the largest shift, in pixels
+MAX_SCALE_CHANGE = 0.15  # augmentation: the largest relative change of size
+MAX_NOISE_STD = 0.15  # augmentation: the largest std of the added pixel noise
 TEST_NOISE_STD = 0.1  # the noisy test report adds this much Gaussian noise to every channel
 CONFIDENCE_THRESHOLD = CONFIDENCE
-ORACLE = ORACLE_PATH  # written by training, read by --evaluate-only
+ORACLE = ORACLE_CHECKPOINT  # written by training, read by --evaluate-only
 DATA_ROOT = "data"
 SEED = 0
 DEVICE = "auto"
-EVALUATE_ONLY = False
+EVALUATE_ONLY = False  # only report the test accuracy of the saved ORACLE
 OVERWRITE = False
-
-OVERRIDABLE = ["EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "JUNK_FRACTION", "MAX_ROTATION_DEG", "MAX_SHIFT_PX",
-               "MAX_SCALE_CHANGE", "MAX_NOISE_STD", "TEST_NOISE_STD", "CONFIDENCE_THRESHOLD", "ORACLE",
-               "DATA_ROOT", "SEED", "DEVICE", "EVALUATE_ONLY", "OVERWRITE"]
 
 
 def uniform(n, low, high, device):
@@ -152,11 +151,7 @@ def test_report(oracle, config, device):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv,
-                     positive=["EPOCHS", "BATCH_SIZE", "LR", "CONFIDENCE_THRESHOLD"])
-    if not 0.0 < config["CONFIDENCE_THRESHOLD"] <= 1.0:
-        raise UserError(f"--confidence-threshold must be in (0, 1], got {config['CONFIDENCE_THRESHOLD']}")
+    config = configure(globals(), argv)
     device = get_device(config["DEVICE"])
     if not config["EVALUATE_ONLY"]:
         ensure_writable_dir(Path(config["ORACLE"]).parent)

@@ -28,40 +28,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import train_classifier  # noqa: E402
+from artefacts import JOINT_CLASSIFIER, test_history  # noqa: E402
 from classifier_training import Trajectories, frozen_copy, joint_training_loss  # noqa: E402
-from cli import override_globals, run_main  # noqa: E402
+from cli import configure, run_main, run_script  # noqa: E402
 from losses import JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, select_steps  # noqa: E402
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier  # noqa: E402
 from models.fast_paths import malloc_setting  # noqa: E402
 from samplers import time_grid  # noqa: E402
 
-PARTS = ["step", "convergence"]
-# step
+PARTS = ["step", "convergence"]  # the parts to measure
+
+# Part "step".
 STEP_CASES = {"joint 2-model": (JointYClassifier, 2, [16, 32]), "joint 3-way": (ThreeWayJointYClassifier, 3, [32, 48])}
 STEP_BATCH_SIZE = 64  # trajectories per model
 REPEATS = 5  # each time is the fastest of this many
-# convergence
+
+# Part "convergence": train_classifier.py's settings for every pool setting.
 GEN_CKPT_DIR = "checkpoints"
 TRAJECTORY_STEPS = 100
-BATCH_SIZE = 32
+BATCH_SIZE = 32  # trajectories per model in each optimizer step
 STEPS = 60
 WARMUP_STEPS = 20
 TEST_EVERY = 10
 TEST_SAMPLES = 100
 CLASSIFIER_CHANNELS = [16, 32]
 POOLS = [[32, 1], [256, 50], [128, 20]]  # [pool size, reuse] per model; the first is the reference's fresh sampling
-TERMINAL_TARGET = 0.78
-NOISY_TARGET = 0.80
+TERMINAL_TARGET = 0.78  # the mean terminal test accuracy whose cost is reported
+NOISY_TARGET = 0.80  # the mean test accuracy over the steps with t <= 0.7 whose cost is reported
 REANALYSE = False  # only recompute "reached" in OUT for the current targets (no training)
 KEEP_FREED_MEMORY = True  # as every script: malloc keeps freed memory (False: glibc's default)
 SEED = 0
 DEVICE = "cpu"
 OUT = "benchmarks/results/classifier_training.json"
-
-OVERRIDABLE = ["PARTS", "STEP_BATCH_SIZE", "REPEATS", "GEN_CKPT_DIR", "TRAJECTORY_STEPS", "BATCH_SIZE", "STEPS",
-               "WARMUP_STEPS", "TEST_EVERY", "TEST_SAMPLES", "CLASSIFIER_CHANNELS", "TERMINAL_TARGET", "NOISY_TARGET",
-               "REANALYSE", "KEEP_FREED_MEMORY", "SEED", "DEVICE", "OUT"]
 
 
 def fastest(fn, repeats):
@@ -121,25 +119,27 @@ def first_reaching(history, key, target):
 
 
 def convergence(pool_size, reuse, config):
-    """Train the M1/M2 classifier with one pool setting; the cost and accuracy after every test."""
+    """Train the M1/M2 classifier (train_classifier.py, a subprocess) with one pool setting; the cost and
+    accuracy after every test."""
     with tempfile.TemporaryDirectory() as ckpt_dir:
-        history = train_classifier.main([
-            "--gen-ckpt-dir", config["GEN_CKPT_DIR"], "--ckpt-dir", ckpt_dir, "--overwrite",
+        run_script([
+            "train_classifier.py", "--gen-ckpt-dir", config["GEN_CKPT_DIR"], "--ckpt-dir", ckpt_dir, "--overwrite",
             "--trajectory-steps", str(config["TRAJECTORY_STEPS"]), "--batch-size", str(config["BATCH_SIZE"]),
             "--pool-size", str(pool_size), "--pool-reuse", str(reuse), "--steps", str(config["STEPS"]),
             "--warmup-steps", str(config["WARMUP_STEPS"]), "--test-every", str(config["TEST_EVERY"]),
             "--ckpt-every", str(config["STEPS"]), "--test-samples", str(config["TEST_SAMPLES"]),
             "--classifier-channels", *map(str, config["CLASSIFIER_CHANNELS"]), "--seed", str(config["SEED"]),
             "--device", config["DEVICE"]])
+        history = json.loads((Path(ckpt_dir) / test_history(JOINT_CLASSIFIER)).read_text())
     evaluations_per_refresh = pool_size * 2 * config["TRAJECTORY_STEPS"] * 2  # 2 models, 2 score calls per step
     rows = []
     for entry in history:
-        result = entry["result"]
-        noisy = (result.times <= NON_TERMINAL_MAX_TIME) & (result.times > result.times[-1])
+        times, accuracy = torch.tensor(entry["times"]), torch.tensor(entry["accuracy"])
+        noisy = (times <= NON_TERMINAL_MAX_TIME) & (times > times[-1])
         rows.append({"step": entry["step"], "train_seconds": entry["train_seconds"],
                      "score_evaluations": entry["pool_refreshes"] * evaluations_per_refresh,
-                     "terminal_accuracy": float(result.accuracy[-1].mean()),
-                     "noisy_accuracy": float(result.accuracy[noisy].mean())})
+                     "terminal_accuracy": float(accuracy[-1].mean()),
+                     "noisy_accuracy": float(accuracy[noisy].mean())})
     return {"pool_size": pool_size, "reuse": reuse, "history": rows, "reached": reached(rows, config)}
 
 
@@ -176,10 +176,7 @@ def print_convergence_table(results, config):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv,
-                     positive=["STEP_BATCH_SIZE", "REPEATS", "TRAJECTORY_STEPS", "BATCH_SIZE", "STEPS",
-                               "TEST_EVERY", "TEST_SAMPLES"], choices={"PARTS": PARTS})
+    config = configure(globals(), argv, choices={"PARTS": PARTS})
     torch.manual_seed(config["SEED"])
     allocator = malloc_setting(config["KEEP_FREED_MEMORY"])
     out = Path(config["OUT"])
@@ -190,7 +187,7 @@ def main(argv=None):
             run["reached"] = reached(run["history"], config)
         config = {**config, **report["settings"], "PARTS": [p for p in PARTS if p in report], "REANALYSE": True}
     else:
-        report = {"settings": {k: config[k] for k in OVERRIDABLE}, "threads": torch.get_num_threads(),
+        report = {"settings": config, "threads": torch.get_num_threads(),
                   "malloc": allocator, "torch": torch.__version__}
     if "convergence" in config["PARTS"] and not config["REANALYSE"]:
         report["convergence"] = [convergence(size, reuse, config) for size, reuse in POOLS]

@@ -23,23 +23,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import UserError, override_globals, run_main  # noqa: E402
-from custom_datasets import BASE_DATASETS, ColouredMNIST  # noqa: E402
-from models.oracle import INK_LEVEL, load_oracle, predict  # noqa: E402
+from checkpoints import ensure_writable_dir, load_oracle, load_score_model  # noqa: E402
+from cli import configure, run_main  # noqa: E402
+from custom_datasets import ColouredMNIST  # noqa: E402
+from errors import UserError  # noqa: E402
+from models.oracle import INK_LEVEL, predict  # noqa: E402
 from samplers.pc_sampler import denoising_step, euler_maruyama_predictor, langevin_corrector, time_grid  # noqa: E402
 from sde import VESDE  # noqa: E402
-from utils import ensure_writable_dir, load_score_model  # noqa: E402
 
 GEN_IDX = "MN1"
-CKPT_PATHS = ["checkpoints/gen_MN1_ckpt_195.pth"]
+CKPT_PATHS = ["checkpoints/gen_MN1_ckpt_195.pth"]  # the checkpoints of GEN_IDX to compare
 NUM_IMAGES = 256
 NUM_STEPS = 250
 TAIL_STEPS = 30
 SNR = 0.16
 SEED = 0
 OUT_DIR = "benchmarks/results/last_step"
-
-OVERRIDABLE = ["GEN_IDX", "CKPT_PATHS", "NUM_IMAGES", "NUM_STEPS", "TAIL_STEPS", "SNR", "SEED", "OUT_DIR"]
 
 
 @torch.no_grad()
@@ -69,9 +68,7 @@ def measure(images, clean, empty_channels, oracle):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["NUM_IMAGES", "NUM_STEPS", "TAIL_STEPS"],
-                     choices={"GEN_IDX": list(BASE_DATASETS)})
+    config = configure(globals(), argv)
     if not 2 <= config["TAIL_STEPS"] <= config["NUM_STEPS"]:
         raise UserError(f"--tail-steps must be in [2, --num-steps], got {config['TAIL_STEPS']}")
     out_dir = ensure_writable_dir(config["OUT_DIR"])
@@ -94,7 +91,7 @@ def main(argv=None):
         speckle = "–" if row["speckle_share"] is None else f"{row['speckle_share']:.2%}"
         print(f"| {row['checkpoint']} | {row['ending']} | {speckle} | {row['recognised_share']:.1%} | "
               f"{row['mse_to_clean']:.4f} |")
-    settings = {key: config[key] for key in OVERRIDABLE if key != "OUT_DIR"}
+    settings = {key: value for key, value in config.items() if key != "OUT_DIR"}
     path = out_dir / f"last_step_{config['GEN_IDX']}.json"
     path.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
     print(f"wrote {path}")

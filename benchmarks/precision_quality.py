@@ -1,17 +1,16 @@
 """Does bfloat16 autocast keep the showcase metrics? Reduced precision against the float32 results.
 
-For each showcase composition in ROWS (indices into reproduce.SHOWCASE), reads the
+For each showcase composition in ROWS (indices into showcase.SHOWCASE), reads the
 float32 evaluation that `python reproduce.py --scale SCALE` wrote to
 results/<SCALE>/, samples the composition again with the same settings (models,
 λ, number of samples, sampler steps and seed; the scale's other sampler flags) under PRECISION, evaluates it
-with evaluate_composition.py, and reports whether its support precision and TV
+with evaluate_composition.py (both as subprocesses), and reports whether its support precision and TV
 fall inside the float32 run's 95% bootstrap intervals. Table on stdout; JSON in OUT_DIR, where the
 rows of earlier runs are kept.
 
     python benchmarks/precision_quality.py                    # rows 1 and 8: M1/M2 (1,1) λ=20, MN (1,2,3)
     python benchmarks/precision_quality.py --rows 0 1 2 8
 """
-import importlib
 import json
 import sys
 import time
@@ -19,18 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import evaluate_composition  # noqa: E402
-import reproduce  # noqa: E402
-from cli import UserError, override_globals, run_main  # noqa: E402
-from utils import composition_stem  # noqa: E402
+from artefacts import composition_stem, evaluation_report  # noqa: E402
+from cli import configure, run_main, run_script  # noqa: E402
+from errors import UserError  # noqa: E402
+from recipes import SCALES  # noqa: E402
+from showcase import SHOWCASE, sample_command  # noqa: E402
 
-SCALE = "cpu"
-ROWS = [1, 8]  # reproduce.SHOWCASE indices
-PRECISION = "bfloat16"
-CKPT_DIR = "checkpoints"
+SCALE = "cpu"  # the scale whose float32 results (results/<SCALE>/) are compared against
+ROWS = [1, 8]  # showcase.SHOWCASE indices
+PRECISION = "bfloat16"  # the precision compared with float32
+EXPORT_DIR = "checkpoints"  # the checkpoints under the reference file names (reproduce.py's EXPORT_DIR)
 OUT_DIR = "benchmarks/results/precision_quality"
-
-OVERRIDABLE = ["SCALE", "ROWS", "PRECISION", "CKPT_DIR", "OUT_DIR"]
 
 
 def inside(value, interval):
@@ -39,23 +37,25 @@ def inside(value, interval):
 
 
 def compare_row(index, config):
-    script, models, observations, scales = reproduce.SHOWCASE[index]
+    script, models, observations, scales = SHOWCASE[index]
     stem = composition_stem(models, observations, scales)
     reference_dir = Path("results") / config["SCALE"]
-    reference_path = reference_dir / f"{stem}_eval.json"
+    reference_path = reference_dir / evaluation_report(stem)
     if not reference_path.exists():
         raise UserError(f"{reference_path} is missing; run `python reproduce.py --scale {config['SCALE']}` first")
     reference = json.loads(reference_path.read_text())
     settings = json.loads((reference_dir / f"{stem}.json").read_text())
     # The float32 run's own sampler settings: the scale's flags, its step count and seed.
-    flags = [*reproduce.SCALES[config["SCALE"]]["sample_flags"], "--num-steps", str(settings["num_steps"]),
+    flags = [*SCALES[config["SCALE"]]["sample_flags"], "--num-steps", str(settings["num_steps"]),
              "--seed", str(settings["seed"]), "--precision", config["PRECISION"]]
-    command = reproduce.sample_command(script, models, observations, scales, Path(config["CKPT_DIR"]),
-                                       Path(config["OUT_DIR"]), reference["num_samples"], flags)
+    command = sample_command(script, models, observations, scales, Path(config["EXPORT_DIR"]),
+                             Path(config["OUT_DIR"]), reference["num_samples"], flags)
     start = time.perf_counter()
-    png = importlib.import_module(script.removesuffix(".py")).main(command[1:])
+    run_script(command)
     seconds = time.perf_counter() - start
-    report = evaluate_composition.main([str(png.with_suffix(".pt"))])
+    samples = Path(config["OUT_DIR"]) / f"{stem}.pt"
+    run_script(["evaluate_composition.py", str(samples)])
+    report = json.loads((samples.parent / evaluation_report(stem)).read_text())
     return {"composition": stem, "num_samples": report["num_samples"], "sampling_s": seconds,
             "float32": {key: reference[key] for key in
                         ("support_precision", "support_precision_ci", "tv_distance", "tv_distance_ci")},
@@ -66,12 +66,10 @@ def compare_row(index, config):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, choices={"SCALE": list(reproduce.SCALES),
-                                                                  "PRECISION": ["bfloat16", "float32"]})
+    config = configure(globals(), argv)
     for index in config["ROWS"]:
-        if not 0 <= index < len(reproduce.SHOWCASE):
-            raise UserError(f"--rows: {index} is not a showcase row (0..{len(reproduce.SHOWCASE) - 1})")
+        if not 0 <= index < len(SHOWCASE):
+            raise UserError(f"--rows: {index} is not a showcase row (0..{len(SHOWCASE) - 1})")
     results = [compare_row(index, config) for index in config["ROWS"]]
     precision = config["PRECISION"]
     print(f"\n{'composition':<48} {'float32 precision (CI)':>26} {precision:>9} {'in':>3}"
@@ -90,7 +88,7 @@ def main(argv=None):
     kept = json.loads(out.read_text())["results"] if out.exists() else []
     measured = {r["composition"] for r in results}
     merged = [r for r in kept if r["composition"] not in measured] + results
-    out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "results": merged}, indent=2) + "\n")
+    out.write_text(json.dumps({"settings": config, "results": merged}, indent=2) + "\n")
     print(f"wrote {out}")
     return results
 

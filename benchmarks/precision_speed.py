@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cli import override_globals, run_main  # noqa: E402
+from cli import configure, run_main  # noqa: E402
 from losses import denoising_score_matching_loss  # noqa: E402
 from models.classifier_model import JointYClassifier  # noqa: E402
 from models.compositions import BinaryDiffusionComposition  # noqa: E402
@@ -35,8 +35,6 @@ REPEATS = 3
 THREADS = 1
 OUT = "benchmarks/results/precision_speed.json"
 
-OVERRIDABLE = ["CHANNELS", "TRAIN_BATCH", "SAMPLE_BATCH", "SAMPLE_STEPS", "REPEATS", "THREADS", "OUT"]
-
 
 def fastest(runs, repeats):
     """{name: fastest seconds} over `repeats` alternated rounds of every run (after one warm-up round)."""
@@ -51,10 +49,9 @@ def fastest(runs, repeats):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["TRAIN_BATCH", "SAMPLE_BATCH", "SAMPLE_STEPS",
-                                                                   "REPEATS", "THREADS"])
-    torch.set_num_threads(config["THREADS"])
+    config = configure(globals(), argv)
+    if config["THREADS"]:
+        torch.set_num_threads(config["THREADS"])
     torch.manual_seed(0)
     sde = VESDE()
     model = ScoreNet(sde.marginal_prob_std, config["CHANNELS"], input_channels=3)
@@ -84,7 +81,7 @@ def main(argv=None):
     capability = torch.backends.cpu.get_cpu_capability()
     report = {"cpu_capability": capability, "auto_precision": resolve_precision("auto", "cpu"),
               "threads": config["THREADS"], "torch": torch.__version__, "train_step_s": train, "sampling_s": sample,
-              "settings": {k: config[k] for k in OVERRIDABLE}}
+              "settings": config}
     print(f"CPU capability {capability}; --precision auto picks {report['auto_precision']}; "
           f"{config['THREADS']} thread(s), torch {torch.__version__}")
     for what, times in (("training step", train), ("sampling", sample)):

@@ -16,22 +16,23 @@ only samples what is missing.
 """
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli import UserError, override_globals, run_main  # noqa: E402
+from artefacts import composition_stem, evaluation_report  # noqa: E402
+from cli import configure, run_main, run_script  # noqa: E402
+from errors import UserError  # noqa: E402
+from reproduction.report import update_markers  # noqa: E402
 from samplers import SAMPLERS  # noqa: E402
 from showcase import SHOWCASE, sample_command  # noqa: E402
-from utils import composition_stem, update_markers  # noqa: E402
 
-SETTINGS = ["heun-churn:10", "heun-churn:20", "heun-churn:40", "heun:40"]
-NUM_SAMPLES = 512
+SETTINGS = ["heun-churn:10", "heun-churn:20", "heun-churn:40", "heun:40"]  # <sampler>:<steps> each row is sampled at
+NUM_SAMPLES = 512  # per row and setting
 BATCH_SIZE = 128
-CKPT_DIR = "checkpoints"
+EXPORT_DIR = "checkpoints"  # the checkpoints under the reference file names (reproduce.py's EXPORT_DIR)
 BASELINE_DIR = "results/cpu"  # the committed PC rows (reproduce.py --scale cpu); "" for none
 PRECISION = "auto"
 SIGMA_MIN = 0.05
@@ -39,10 +40,9 @@ CHURN = 40.0
 SEED = 0
 ONLY = ""  # regular expression over the row labels; empty: every row
 PLOT_ONLY = False  # redraw the table and plot from OUT_DIR/sampler_quality.json without sampling
+SAMPLE_MISSING = True  # False: tabulate only the cells OUT_DIR already holds, sampling none
 OUT_DIR = "benchmarks/results/sampler_quality"
 
-OVERRIDABLE = ["SETTINGS", "NUM_SAMPLES", "BATCH_SIZE", "CKPT_DIR", "BASELINE_DIR", "PRECISION", "SIGMA_MIN", "CHURN",
-               "SEED", "ONLY", "PLOT_ONLY", "OUT_DIR"]
 MAX_EVALUATIONS = 100  # the target's budget of score evaluations per sample
 
 
@@ -72,26 +72,24 @@ def cell(report, settings, label, source):
             "cpu_capability": settings.get("cpu_capability")}
 
 
-def run(command):
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise UserError(f"{command[0]} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-
-
 def measure(config, row, sampler, steps):
-    """Sample and evaluate one row at one setting, unless OUT_DIR already holds that evaluation."""
+    """Sample and evaluate one row at one setting, unless OUT_DIR already holds that evaluation; None where it
+    does not and SAMPLE_MISSING is off."""
     script, models, observations, scales = row
     stem = composition_stem(models, observations, scales)
     out_dir = Path(config["OUT_DIR"]) / f"{sampler}_{steps}"
-    report_path, settings_path = out_dir / f"{stem}_eval.json", out_dir / f"{stem}.json"
-    if not report_path.exists():
+    report_path, settings_path = out_dir / evaluation_report(stem), out_dir / f"{stem}.json"
+    if not report_path.exists() and not config["SAMPLE_MISSING"]:
+        return None
+    if not report_path.exists() and not settings_path.exists():  # the .json is written last: nothing sampled yet
         flags = ["--sampler", sampler, "--num-steps", str(steps), "--denoise-last-step", "--batch-size",
                  str(config["BATCH_SIZE"]), "--precision", config["PRECISION"], "--sigma-min",
                  str(config["SIGMA_MIN"]), "--churn", str(config["CHURN"]), "--seed", str(config["SEED"])]
         print(f"sampling {row_label(models, observations, scales)} with {sampler}:{steps}", flush=True)
-        run(sample_command(script, models, observations, scales, Path(config["CKPT_DIR"]), out_dir,
+        run_script(sample_command(script, models, observations, scales, Path(config["EXPORT_DIR"]), out_dir,
                            config["NUM_SAMPLES"], flags))
-        run(["evaluate_composition.py", str(out_dir / f"{stem}.pt")])
+    if not report_path.exists():  # sampled (now or by an interrupted run), not yet evaluated
+        run_script(["evaluate_composition.py", str(out_dir / f"{stem}.pt")])
     return cell(json.loads(report_path.read_text()), json.loads(settings_path.read_text()),
                 row_label(models, observations, scales), str(out_dir))
 
@@ -99,7 +97,7 @@ def measure(config, row, sampler, steps):
 def baseline(config, row):
     script, models, observations, scales = row
     stem = composition_stem(models, observations, scales)
-    report_path = Path(config["BASELINE_DIR"]) / f"{stem}_eval.json"
+    report_path = Path(config["BASELINE_DIR"]) / evaluation_report(stem)
     if not config["BASELINE_DIR"] or not report_path.exists():
         return None
     settings = json.loads((report_path.parent / f"{stem}.json").read_text())
@@ -193,8 +191,7 @@ def plot(cells, path):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["NUM_SAMPLES", "BATCH_SIZE"])
+    config = configure(globals(), argv, exclude=["MAX_EVALUATIONS"])
     out = Path(config["OUT_DIR"])
     results = out / "sampler_quality.json"
     if config["PLOT_ONLY"]:
@@ -213,7 +210,8 @@ def main(argv=None):
             reference = baseline(config, row)
             if reference is not None:
                 cells.append({**reference, "baseline": True})
-            cells += [{**measure(config, row, sampler, steps), "source": "sampled"} for sampler, steps in settings]
+            measured = (measure(config, row, sampler, steps) for sampler, steps in settings)
+            cells += [{**found, "source": "sampled"} for found in measured if found is not None]
         out.mkdir(parents=True, exist_ok=True)
         results.write_text(json.dumps(cells, indent=2) + "\n")
     text = table(cells)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cli import override_globals, run_main  # noqa: E402
+from cli import configure, run_main  # noqa: E402
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier,  # noqa: E402
                                      ThreeWayJointYClassifier)
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition  # noqa: E402
@@ -47,25 +47,23 @@ from models.fast_paths import fast_score_model, malloc_setting, resolve_precisio
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import pc_sampler  # noqa: E402
 from sde import VESDE  # noqa: E402
-from utils import get_device  # noqa: E402
+from runtime import get_device  # noqa: E402
 
 CHANNELS = [32, 64, 128, 128]
-JOINT_CHANNELS = [16, 32]
-THREE_WAY_CHANNELS = [32, 48]
-CONDITIONAL_CHANNELS = [32, 32]
+JOINT_CHANNELS = [16, 32]  # trunk widths of the 2-model joint classifier
+THREE_WAY_CHANNELS = [32, 48]  # of the 3-way joint classifier
+CONDITIONAL_CHANNELS = [32, 32]  # of the conditional classifier
 BATCH_SIZE = 64
 NUM_STEPS = 20
-CASES = ["single", "binary", "three_way"]
-FAST_PATHS = ["channels_last", "bfloat16", "compiled", "compiled_bfloat16", "compiled_all", "compiled_all_bfloat16"]
+CASES = ["single", "binary", "three_way"]  # the score models timed: one base model, or a composition
+FAST_PATHS = [  # the fast paths timed against the eager float32 one
+    "channels_last", "bfloat16", "compiled", "compiled_bfloat16", "compiled_all", "compiled_all_bfloat16"]
 REPEATS = 5  # each time is the fastest of this many runs, alternated with the bare floor
 THREADS = 0  # 0 = torch's default
 KEEP_FREED_MEMORY = True  # as every script: malloc keeps freed memory (False: glibc's default)
 SEED = 0
 DEVICE = "auto"
 OUT = "benchmarks/results/sampling.json"
-
-OVERRIDABLE = ["CHANNELS", "JOINT_CHANNELS", "THREE_WAY_CHANNELS", "CONDITIONAL_CHANNELS", "BATCH_SIZE", "NUM_STEPS",
-               "CASES", "FAST_PATHS", "REPEATS", "THREADS", "KEEP_FREED_MEMORY", "SEED", "DEVICE", "OUT"]
 
 
 def build_case(case, config, sde, device):
@@ -263,10 +261,7 @@ def print_table(results, header):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["BATCH_SIZE", "NUM_STEPS", "CHANNELS", "REPEATS"],
-                     choices={"CASES": ["single", "binary", "three_way"],
-                              "FAST_PATHS": FAST_PATHS})
+    config = configure(globals(), argv, choices={"CASES": CASES, "FAST_PATHS": FAST_PATHS})
     if config["THREADS"]:
         torch.set_num_threads(config["THREADS"])
     allocator = malloc_setting(config["KEEP_FREED_MEMORY"])
@@ -283,7 +278,7 @@ def main(argv=None):
     print_table(results, header)
     out = Path(config["OUT"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": {k: config[k] for k in OVERRIDABLE}, "device": str(device),
+    out.write_text(json.dumps({"settings": config, "device": str(device),
                                "threads": torch.get_num_threads(), "malloc": allocator, "torch": torch.__version__,
                                "cpu_capability": capability, "auto_precision": auto,
                                "results": results}, indent=2) + "\n")

@@ -4,11 +4,12 @@ Samples each composition at every step count in STEPS with the committed
 checkpoints, evaluates it (evaluate_composition.py), prints a table, and writes
 a JSON file and a PNG plot (precision and TV against steps) to OUT_DIR. The
 "MN2 alone" row is a base model sampled as the classifiers' trajectory pools
-are (their --trajectory-steps); ONLY (a regular expression) picks rows by label.
+are (their --trajectory-steps); ONLY (a regular expression) picks rows by label. Each sample
+script and evaluation runs as a subprocess.
 
     python benchmarks/steps_quality.py                                  # 128 samples each
     python benchmarks/steps_quality.py --num-samples 512 --compile
-    python benchmarks/steps_quality.py --only "alone" --steps 500 250 200 150 100 --out-dir <dir>
+    python benchmarks/steps_quality.py --only "alone" --num-steps 500 250 200 150 100 --out-dir <dir>
 """
 import json
 import re
@@ -17,32 +18,44 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import evaluate_composition  # noqa: E402
-import sample_3way_composition  # noqa: E402
-import sample_composition  # noqa: E402
-import sample_individual_model  # noqa: E402
-from cli import UserError, override_globals, run_main  # noqa: E402
+from artefacts import composition_stem, evaluation_report, individual_stem  # noqa: E402
+from cli import configure, run_main, run_script  # noqa: E402
+from errors import UserError  # noqa: E402
+from showcase import sample_command  # noqa: E402
 
-STEPS = [500, 250, 100, 50]
-NUM_SAMPLES = 128
+NUM_STEPS = [500, 250, 100, 50]  # the PC step counts each row is sampled at
+NUM_SAMPLES = 128  # per row and step count
 BATCH_SIZE = 128
-CKPT_DIR = "checkpoints"
+EXPORT_DIR = "checkpoints"  # the checkpoints under the reference file names (reproduce.py's EXPORT_DIR)
 SEED = 0
 COMPILE = False
 ONLY = ""  # regular expression over the row labels; empty: every row
 PLOT_ONLY = False  # redraw the plot from OUT_DIR/steps_quality.json without sampling
 OUT_DIR = "benchmarks/results/steps_quality"
 
-# (label, sample script module, its flags)
+# (label, models, observations, guidance scales); a row of one model samples that base model alone
 COMPOSITIONS = [
-    ("M1/M2 (1,1) λ=20", sample_composition, ["--y-1", "1", "--y-2", "1"]),
-    ("M1/M2 (2,2) λ=20", sample_composition, ["--y-1", "2", "--y-2", "2"]),
-    ("MN (1,2,3) λ=10,75", sample_3way_composition, []),
-    ("MN2 alone", sample_individual_model, ["--gen-idx", "MN2"]),
+    ("M1/M2 (1,1) λ=20", ["M1", "M2"], [1, 1], [20.0]),
+    ("M1/M2 (2,2) λ=20", ["M1", "M2"], [2, 2], [20.0]),
+    ("MN (1,2,3) λ=10,75", ["MN1", "MN2", "MN3"], [1, 2, 3], [10.0, 75.0]),
+    ("MN2 alone", ["MN2"], [], []),
 ]
 
-OVERRIDABLE = ["STEPS", "NUM_SAMPLES", "BATCH_SIZE", "CKPT_DIR", "SEED", "COMPILE", "ONLY", "PLOT_ONLY",
-               "OUT_DIR"]
+
+def sample_and_evaluate(models, observations, scales, out_dir, flags, config):
+    """Sample a row with its sample script, evaluate the samples; the evaluation's report."""
+    if len(models) == 1:
+        stem = individual_stem(models[0])
+        command = ["sample_individual_model.py", "--gen-idx", models[0], "--gen-ckpt-dir", config["EXPORT_DIR"],
+                   "--out-dir", str(out_dir), "--num-samples", str(config["NUM_SAMPLES"]), *flags]
+    else:
+        stem = composition_stem(models, observations, scales)
+        script = "sample_3way_composition.py" if len(models) == 3 else "sample_composition.py"
+        command = sample_command(script, models, observations, scales, Path(config["EXPORT_DIR"]), out_dir,
+                                 config["NUM_SAMPLES"], flags)
+    run_script(command)
+    run_script(["evaluate_composition.py", str(out_dir / f"{stem}.pt")])
+    return json.loads((out_dir / evaluation_report(stem)).read_text())
 
 
 def plot(rows, path):
@@ -71,8 +84,7 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    config = dict(globals())
-    override_globals(config, OVERRIDABLE, __doc__, argv, positive=["STEPS", "NUM_SAMPLES", "BATCH_SIZE"])
+    config = configure(globals(), argv)
     out = Path(config["OUT_DIR"])
     if config["PLOT_ONLY"]:
         plot(json.loads((out / "steps_quality.json").read_text()), out / "steps_quality.png")
@@ -85,14 +97,12 @@ def main(argv=None):
     if not chosen:
         raise UserError(f"--only {config['ONLY']!r} matches no row; the rows: {[row[0] for row in COMPOSITIONS]}")
     rows = []
-    for label, script, flags in chosen:
-        for steps in config["STEPS"]:
-            out_dir = Path(config["OUT_DIR"]) / f"steps_{steps}"
-            png = script.main([*flags, "--num-steps", str(steps), "--num-samples", str(config["NUM_SAMPLES"]),
-                               "--batch-size", str(config["BATCH_SIZE"]), "--ckpt-dir", config["CKPT_DIR"],
-                               "--seed", str(config["SEED"]), "--out-dir", str(out_dir),
-                               *(["--compile"] if config["COMPILE"] else [])])
-            report = evaluate_composition.main([str(png.with_suffix(".pt"))])
+    for label, models, observations, scales in chosen:
+        for steps in config["NUM_STEPS"]:
+            flags = ["--num-steps", str(steps), "--batch-size", str(config["BATCH_SIZE"]),
+                     "--seed", str(config["SEED"]), *(["--compile"] if config["COMPILE"] else [])]
+            report = sample_and_evaluate(models, observations, scales, Path(config["OUT_DIR"]) / f"steps_{steps}",
+                                         flags, config)
             rows.append({"composition": label, "steps": steps, "num_samples": report["num_samples"],
                          "support_precision": report["support_precision"],
                          "support_precision_ci": report["support_precision_ci"],

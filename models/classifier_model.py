@@ -1,4 +1,4 @@
-"""Time-dependent classifiers Q(y | x_t) over "which base model" labels (SPEC §4).
+"""Time-dependent classifiers Q(y | x_t) over "which base model" labels (docs/reference.md §4).
 
 Parameter names and shapes are the checkpoint format shared with the reference
 implementation: do not rename layers. Every classifier returns LOG-probabilities.

@@ -1,4 +1,4 @@
-"""Compositions of diffusion models guided by time-dependent classifiers (SPEC §1, §7).
+"""Compositions of diffusion models guided by time-dependent classifiers (docs/reference.md §1, §7).
 
 A composition is itself a score model, (x, t) -> score with an `input_channels`
 attribute: it can be sampled by the PC sampler and be a base model of a
@@ -13,8 +13,8 @@ classifier gets grad locally for its guidance term; outputs are detached.
 import torch
 import torch.nn as nn
 
+from models import freeze
 from models.classifier_model import marginal_log_probs
-from utils import freeze
 
 
 def _check_label(name: str, label: int, num_models: int) -> int:

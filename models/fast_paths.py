@@ -2,15 +2,15 @@
 
 Both keep the module structure and state_dict keys unchanged, so checkpoints
 load either way. Compiling is float32 and gives the eager scores within float
-tolerance; bfloat16 autocast is an option whose effect on the showcase metrics
-is measured in README (it changes scores at the 1e-2 relative level). The
-sample scripts compile the score networks only: compiled, a classifier's
-forward plus input gradient ran about 2x slower than eager on CPU
-(benchmarks/sampling_benchmark.py, path "compiled_all"). Under bfloat16 the
-classifiers and the compiled networks also switch to channels_last: on CPU,
-oneDNN's bfloat16 transposed convolutions and the classifiers' forward plus
-input gradient ran faster in that layout, while eager score networks ran
-slower (their GroupNorms); in float32 the layout gave no gain (README,
+tolerance; bfloat16 autocast is an option that changes scores slightly, its
+effect on the showcase metrics measured in docs/performance.md. The sample
+scripts compile the score networks only: compiled, a classifier's forward plus
+input gradient ran slower than eager on CPU (benchmarks/sampling_benchmark.py,
+path "compiled_all"; docs/performance.md). Under bfloat16 the classifiers and
+the compiled networks also switch to channels_last: on CPU, oneDNN's bfloat16
+transposed convolutions and the classifiers' forward plus input gradient ran
+faster in that layout, while eager score networks ran slower (their
+GroupNorms); in float32 the layout gave no gain (README,
 Performance: the sampling benchmark's paths before and after this choice).
 Under bfloat16 the convolution and linear weights are also cast once, in place,
 instead of by autocast on every call: autocast caches no cast of a weight that
@@ -66,7 +66,7 @@ def compile_in_place(networks):
 def cpu_computes_bfloat16() -> bool:
     """Whether this CPU runs oneDNN's bfloat16 kernels natively: AVX-512 BF16 or AMX on x86, BF16 on Arm.
     oneDNN's own check also says yes for plain AVX-512, where bfloat16 is emulated; on an AVX2-only CPU
-    autocast was 4.5x slower for sampling and 12x for a training step than float32 (docs/performance.md)."""
+    autocast was many times slower than float32 for sampling and training (docs/performance.md)."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):

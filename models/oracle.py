@@ -23,11 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from custom_datasets import COLOURS
-from utils import freeze, load_into, load_state_dict_file
-
-ORACLE_PATH = "checkpoints/oracle.pth"
-ORACLE_COLOURS = COLOURS + ("mixed", "blank")  # indices 0..2 agree with ColouredMNIST.colours
+# The colours of coloured MNIST as custom_datasets.COLOURS lists them (the same indices; tests/test_oracle.py
+# checks), then the two readings of an image that is no one colour.
+ORACLE_COLOURS = ("grey", "red", "green", "mixed", "blank")
 NUM_DIGITS = 10
 JUNK_CLASS = NUM_DIGITS  # the 11th output
 INK_LEVEL = 0.3
@@ -63,20 +61,13 @@ class OraclePrediction(NamedTuple):
     confidence: torch.Tensor  # float [N], softmax probability of `digits`
 
 
-def load_oracle(path=ORACLE_PATH, device="cpu") -> OracleNet:
-    """The trained oracle, frozen and in eval mode (half-precision storage comes back as float32)."""
-    oracle = OracleNet()
-    load_into(oracle, load_state_dict_file(path, made_by="train_oracle.py"), path)
-    return freeze(oracle.to(device))
-
-
 def read_colour(images: torch.Tensor):
     """(colour index into ORACLE_COLOURS [N], index of the channel with the most ink [N]) by the ink rule."""
     ink = (images * (images >= INK_LEVEL)).flatten(2).sum(dim=2)  # [N, C]
     total = ink.sum(dim=1)
     dominant_mass, dominant_channel = ink.max(dim=1)
     if images.shape[1] == 1:
-        colours = torch.full_like(dominant_channel, COLOURS.index("grey"))
+        colours = torch.full_like(dominant_channel, ORACLE_COLOURS.index("grey"))
     else:
         # Channel 0 -> red, 1 -> green; a dominant channel 2 is no coloured-MNIST colour.
         channel_colour = torch.tensor([ORACLE_COLOURS.index(c) for c in ("red", "green", "mixed")])
@@ -102,5 +93,5 @@ def predict(oracle: OracleNet, images: torch.Tensor, confidence: float = CONFIDE
     probabilities = torch.cat([F.softmax(oracle(chunk), dim=1)
                                for chunk in digit_channel(images, channel).split(batch_size)])
     top_probability, digits = probabilities[:, :NUM_DIGITS].max(dim=1)
-    recognisable = (top_probability >= confidence) & (colours <= COLOURS.index("green"))
+    recognisable = (top_probability >= confidence) & (colours <= ORACLE_COLOURS.index("green"))
     return OraclePrediction(digits.cpu(), colours.cpu(), recognisable.cpu(), top_probability.cpu())

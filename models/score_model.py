@@ -1,4 +1,4 @@
-"""Time-dependent score network for 28x28 images (SPEC §4).
+"""Time-dependent score network for 28x28 images (docs/reference.md §4).
 
 Parameter names and shapes are the checkpoint format shared with the reference
 implementation: do not rename layers.

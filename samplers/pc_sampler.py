@@ -1,4 +1,4 @@
-"""Predictor-corrector sampler for the VE SDE (SPEC §5).
+"""Predictor-corrector sampler for the VE SDE (docs/reference.md §5).
 
 Each step, at grid time t: one Langevin corrector step, then one Euler-Maruyama
 predictor step; two score evaluations per step. The sampler is agnostic to the

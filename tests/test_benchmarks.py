@@ -90,7 +90,7 @@ def test_sampler_quality_names_the_cheapest_setting_that_meets_each_row(tmp_path
 
 def test_sampler_quality_refuses_a_malformed_setting():
     import sampler_quality
-    from cli import UserError
+    from errors import UserError
 
     for text in ("heun-churn", "euler:10", "pc:1"):
         try:

@@ -4,11 +4,11 @@ import os
 import pytest
 import torch
 
-import utils
-from cli import UserError
+import checkpoints
+from errors import UserError
 from models.score_model import ScoreNet
 from sde import VESDE
-from utils import atomic_save, load_score_model, load_state_dict_file
+from checkpoints import atomic_save, load_score_model, load_state_dict_file
 
 SMALL = (32, 32, 32, 32)
 
@@ -40,7 +40,7 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
         open(f, "wb").write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(utils.torch, "save", broken_save)
+    monkeypatch.setattr(checkpoints.torch, "save", broken_save)
     with pytest.raises(OSError):
         atomic_save({"a": torch.zeros(2)}, path)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Classifier networks (SPEC §4): checkpoint format, normalised log-prob tables, config inference."""
+"""Classifier networks (docs/reference.md §4): checkpoint format, normalised log-prob tables, config inference."""
 import copy
 import math
 
@@ -6,18 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cli import UserError
+from errors import UserError
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier,
                                      classifier_config_from_state_dict, conditional_log_probs, marginal_log_probs,
                                      pair_index, three_way_joint_log_probs, two_way_joint_log_probs)
-from utils import load_classifier
+from checkpoints import load_classifier
 
 LOG2 = math.log(2.0)
 SMALL = {"embed_dim": 24, "t_embed_dim": 16, "input_channels": 3, "channels": (4, 6)}
 
 
 def trunk_shapes(embed_dim, t_embed_dim, input_channels, channels, y_embed_dim=0):
-    """Parameter names and shapes of MNISTEncoder / MNISTConditionalEncoder, written out from SPEC §4."""
+    """Parameter names and shapes of MNISTEncoder / MNISTConditionalEncoder, written out from docs/reference.md §4."""
     c0, c1 = channels
     return {
         "trunk.conv1.weight": (c0, input_channels, 3, 3), "trunk.conv1.bias": (c0,),

@@ -1,5 +1,6 @@
-"""Classifier training (SPEC §6): the losses, the trajectory pool, convergence to the exact posterior
+"""Classifier training (docs/reference.md §6): the losses, the trajectory pool, convergence to the exact posterior
 on analytic 2-D base models, and the three training scripts on tiny networks."""
+import json
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import train_3way_conditional_classifier
 import train_classifier
 from classifier_training import (Trajectories, TrajectoryPool, every_nth_step, frozen_copy, joint_training_loss,
                                  load_base_models, sample_trajectories, trainable_steps, trajectory_sampler)
-from cli import UserError, flag_name
+from cli import flag_name, setting_help
+from errors import UserError
 from losses import (conditional_classifier_loss, conditional_keep_prob, joint_non_terminal_loss, joint_soft_targets,
                     joint_terminal_loss, select_steps)
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier,
@@ -19,7 +21,7 @@ from models.score_model import ScoreNet
 from samplers import Sampler, pc_trajectory_sampler, time_grid
 from sde import VESDE
 from tests.analytic import GaussianMixtureBases
-from utils import load_classifier
+from checkpoints import load_classifier
 
 SDE = VESDE()
 COMPONENT_STD = 0.5
@@ -109,7 +111,8 @@ def test_stored_steps_are_the_trainable_ones_of_the_sampled_trajectories(bases):
 
 def test_compiled_trajectory_sampler_gives_the_eager_trajectories(tiny_base_checkpoints):
     config = {"SEED": 0, "TRAJECTORY_STEPS": 4, "SNR": 0.16, "COMPILE": False, "PRECISION": "float32",
-              "DENOISE_LAST_STEP": False, "SAMPLER": "pc", "SIGMA_MIN": 0.05, "CHURN": 40.0, "GEN_CKPT_DIR": str(tiny_base_checkpoints), "GEN_CKPT_EPOCH": 195}
+              "DENOISE_LAST_STEP": False, "SAMPLER": "pc", "SIGMA_MIN": 0.05, "CHURN": 40.0,
+              "GEN_CKPT_DIR": str(tiny_base_checkpoints), "GEN_CKPT_EPOCH": 195}
     models = load_base_models(config, ["M1", "M2"], SDE, "cpu")
     eager = trajectory_sampler(models, config, SDE, "cpu")(3, trainable_steps)
     # DENOISE_LAST_STEP changes the first source's terminal state only (the second source's trajectories
@@ -232,7 +235,7 @@ def test_help_lists_every_global(capsys):
     with pytest.raises(SystemExit):
         train_classifier.main(["--help"])
     out = capsys.readouterr().out
-    assert all(flag_name(name) in out for name in train_classifier.OVERRIDABLE)
+    assert all(flag_name(name) in out for name in setting_help(vars(train_classifier)))
 
 
 def test_train_classifier_writes_loadable_checkpoints_and_plot(tiny_base_checkpoints, tmp_path):
@@ -244,7 +247,11 @@ def test_train_classifier_writes_loadable_checkpoints_and_plot(tiny_base_checkpo
     assert [entry["pool_refreshes"] for entry in history] == [0, 1, 1]
     assert history[-1]["result"].accuracy.shape[1] == 2
     assert {p.name for p in tmp_path.iterdir()} == {"classifier_ckpt_1.pth", "classifier_ckpt_2.pth",
-                                                    "classifier_accuracy.png"}
+                                                    "classifier_accuracy.png", "classifier_tests.json"}
+    # The same history on disk, for a run in another process.
+    written = json.loads((tmp_path / "classifier_tests.json").read_text())
+    assert [(entry["step"], entry["pool_refreshes"]) for entry in written] == [(0, 0), (1, 1), (2, 1)]
+    assert written[-1]["accuracy"] == history[-1]["result"].accuracy.tolist()
     classifier = load_classifier(tmp_path / "classifier_ckpt_2.pth", JointYClassifier, "cpu", "train_classifier.py")
     assert classifier.trunk.conv1.weight.shape == (4, 3, 3, 3)
     with pytest.raises(UserError, match="--overwrite"):
@@ -258,7 +265,7 @@ def test_train_conditional_classifier_on_compositions(fast_path, tiny_base_check
                joint_path)
     train_3way_conditional_classifier.main(TINY + fast_path + ["--gen-ckpt-dir", str(tiny_base_checkpoints),
                                                                "--ckpt-dir", str(tmp_path),
-                                                               "--joint-classifier-path", str(joint_path)])
+                                                               "--classifier-ckpt", str(joint_path)])
     load_classifier(tmp_path / "3way_conditional_classifier_ckpt_2.pth", ThreeWayConditionalYClassifier, "cpu",
                     "train_3way_conditional_classifier.py")
 
@@ -266,7 +273,7 @@ def test_train_conditional_classifier_on_compositions(fast_path, tiny_base_check
 @pytest.mark.parametrize("script,args,message", [
     (train_classifier, ["--gen-ckpt-dir", "/nonexistent"], "gen_M1_ckpt_195.pth not found; create it with "
                                                            "train_diffusion.py"),
-    (train_3way_conditional_classifier, ["--joint-classifier-path", "/nonexistent/j.pth"],
+    (train_3way_conditional_classifier, ["--classifier-ckpt", "/nonexistent/j.pth"],
      "j.pth not found; create it with train_3way_classifier.py"),
     (train_classifier, ["--batch-size", "4", "--pool-size", "2"], "--batch-size 4 is larger than --pool-size 2"),
     (train_classifier, ["--pool-reuse", "0"], "--pool-reuse must be positive"),

@@ -1,4 +1,4 @@
-"""Compositions (SPEC §1, §7) against closed-form Gaussian-mixture targets, plus the sampling scripts."""
+"""Compositions (docs/reference.md §1, §7) against closed-form Gaussian-mixture targets, plus the sampling scripts."""
 import json
 import math
 
@@ -7,7 +7,7 @@ import torch
 
 import sample_3way_composition
 import sample_composition
-from cli import UserError
+from errors import UserError
 from models.classifier_model import JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
 from models.score_model import ScoreNet
@@ -195,7 +195,7 @@ def save_tiny_checkpoints(folder, names, classifiers):
 
 def test_sample_composition_script(tmp_path):
     (classifier,) = save_tiny_checkpoints(tmp_path, ["M1", "M2"], [JointYClassifier])
-    common = ["--ckpt-dir", str(tmp_path), "--num-samples", "3", "--batch-size", "2", "--num-steps", "2",
+    common = ["--gen-ckpt-dir", str(tmp_path), "--num-samples", "3", "--batch-size", "2", "--num-steps", "2",
               "--out-dir", str(tmp_path / "out"), "--device", "cpu"]
     sample_composition.main(common + ["--classifier-ckpt", classifier, "--y-2", "2"])
     stem = tmp_path / "out" / "composition_M1_M2_y1-1_y2-2_g20"
@@ -214,7 +214,7 @@ def test_sample_composition_script(tmp_path):
 def test_sample_3way_composition_script(tmp_path):
     joint, conditional = save_tiny_checkpoints(tmp_path, ["MN1", "MN2", "MN3"],
                                                [ThreeWayJointYClassifier, ThreeWayConditionalYClassifier])
-    common = ["--ckpt-dir", str(tmp_path), "--num-samples", "2", "--num-steps", "2", "--out-dir",
+    common = ["--gen-ckpt-dir", str(tmp_path), "--num-samples", "2", "--num-steps", "2", "--out-dir",
               str(tmp_path / "out"), "--device", "cpu", "--classifier-ckpt", joint]
     sample_3way_composition.main(common + ["--conditional-classifier-ckpt", conditional, "--denoise-last-step"])
     meta = json.loads((tmp_path / "out" / "composition_MN1_MN2_MN3_y1-1_y2-2_y3-3_g10_g75.json").read_text())

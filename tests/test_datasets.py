@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-from cli import UserError
+from errors import UserError
 from custom_datasets import _write_idx, BASE_DATASETS, COLOURS, ColouredMNIST, dataset_spec, load_mnist
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

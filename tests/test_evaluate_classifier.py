@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import evaluate_classifier
-from cli import UserError
+from errors import UserError
 from custom_datasets import load_mnist
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier
-from models.oracle import load_oracle
+from checkpoints import load_oracle
 from targets import model_posteriors
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cli import UserError
+from errors import UserError
 from custom_datasets import colour_images, load_mnist
-from evaluate_composition import UNRECOGNISABLE, composition_metrics, main
+from evaluate_composition import main
+from evaluation import UNRECOGNISABLE, composition_metrics
 
 RED0, GREEN0, GREEN1 = (0, "red"), (0, "green"), (1, "green")
 

@@ -4,13 +4,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from custom_datasets import colour_images, load_mnist
-from models.oracle import ORACLE_COLOURS, ORACLE_PATH, load_oracle, predict
+from artefacts import ORACLE_CHECKPOINT
+from checkpoints import load_oracle
+from custom_datasets import COLOURS, colour_images, load_mnist
+from models.oracle import ORACLE_COLOURS, predict
 
 
 @pytest.fixture(scope="module")
 def oracle():
-    return load_oracle(ORACLE_PATH)
+    return load_oracle(ORACLE_CHECKPOINT)
+
+
+def test_the_oracle_names_the_datasets_colours_by_their_indices():
+    assert ORACLE_COLOURS[:len(COLOURS)] == COLOURS
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +28,7 @@ def digits(data_root):
 
 
 def test_checkpoint_is_small_and_loads_as_float32(oracle):
-    assert Path(ORACLE_PATH).stat().st_size < 2 * 1024 * 1024
+    assert Path(ORACLE_CHECKPOINT).stat().st_size < 2 * 1024 * 1024
     assert all(p.dtype == torch.float32 for p in oracle.parameters())
     assert not oracle.training
 

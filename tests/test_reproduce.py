@@ -1,14 +1,19 @@
-"""reproduce.py: stage order, skipping finished stages, checkpoint export, results summary."""
+"""reproduce.py and its parts: the stage graph, the runner (with a fake launcher), checkpoint export, the report."""
 import json
 
 import pytest
 import torch
 
 import reproduce
-from cli import UserError
+from artefacts import composition_stem
+from checkpoints import load_score_model
+from errors import UserError
 from models.score_model import ScoreNet
+from reproduction.report import write_summary
+from reproduction.runner import WALL_TIME_KEY, Pipeline, Stage, last_progress
+from reproduction.stages import export_checkpoint, final_epoch
 from sde import VESDE
-from utils import load_score_model
+from showcase import SHOWCASE
 
 
 def stage_lines(capsys, argv):
@@ -34,7 +39,7 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert needs["sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3_g10_g75"] == {
         "export MN1", "export MN2", "export MN3", "export 3-way classifier", "export 3-way conditional classifier"}
     assert names[0] == "base MN1"  # the longest chain first
-    assert sum(n.startswith("evaluate composition") for n in names) == len(reproduce.SHOWCASE)
+    assert sum(n.startswith("evaluate composition") for n in names) == len(SHOWCASE)
     assert sum(n.startswith("evaluate individual") for n in names) == 7
     sample = next(line for line in lines if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
     # The cpu scale samples every row, and every pool, with 40 steps of heun-churn; --num-steps sets every row.
@@ -42,7 +47,7 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     three_way_sample = next(line for line in lines if "sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3" in line)
     assert "--num-steps 40" in three_way_sample and "--sampler heun-churn" in three_way_sample
     lines_300 = stage_lines(capsys, ["--dry-run", *dirs, "--num-steps", "300", "--only", "^sample"])
-    assert len(lines_300) == len(reproduce.SHOWCASE) + 7 and all("--num-steps 300" in line for line in lines_300)
+    assert len(lines_300) == len(SHOWCASE) + 7 and all("--num-steps 300" in line for line in lines_300)
     # The cpu scale trains the 3-way classifier for fewer steps and exports it under the reference name.
     three_way = next(line for line in lines if line.startswith("[run ] 3-way classifier"))
     assert "--steps 300" in three_way
@@ -65,12 +70,12 @@ def test_dry_run_lists_stages_after_what_they_need(tmp_path, capsys):
     assert "--num-steps 500" in next(line for line in pc if "sample composition_MN1_MN2_MN3_y1-1_y2-2_y3-3" in line)
     assert "--num-steps 250" in next(line for line in pc if "sample composition_M1_M2_y1-1_y2-1_g20" in line)
     # The exported epoch: the last of a short preset's run, else the reference's 195 (of 200 epochs).
-    assert [reproduce.final_epoch(p) for p in ["cpu", "cpu-24", "paper"]] == [11, 23, 195]
+    assert [final_epoch(p) for p in ["cpu", "cpu-24", "paper"]] == [11, 23, 195]
     # The grey models train twice the preset's epochs at the cpu scale; the coloured ones the preset's.
     base = {line.split(":")[0][7:]: line for line in lines if line.startswith("[run ] base ")}
     assert all("--epochs 48" in base[f"base {g}"] for g in ["1", "2"])
     assert not any("--epochs" in base[f"base {g}"] for g in ["M1", "M2", "MN1", "MN2", "MN3"])
-    assert needs["export 1"] == {"base 1"} and reproduce.final_epoch("cpu-24", 48) == 47
+    assert needs["export 1"] == {"base 1"} and final_epoch("cpu-24", 48) == 47
 
     # --no-denoise-last-step restores the reference's last step in the showcase samples (not in the pools).
     lines = stage_lines(capsys, ["--dry-run", *dirs, "--no-denoise-last-step", "--only", "^sample"])
@@ -100,80 +105,117 @@ def test_another_seed_is_a_replicate_in_its_own_directories(tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)  # the default directories are relative to the working directory
     lines = stage_lines(capsys, ["--dry-run", "--seed", "2"])
     # Every training and sampling stage: 7 base models, 4 classifiers, each base model alone, the showcase.
-    assert sum("--seed 2 " in line for line in lines) == 7 + 4 + 7 + len(reproduce.SHOWCASE)
+    assert sum("--seed 2 " in line for line in lines) == 7 + 4 + 7 + len(SHOWCASE)
     base = next(line for line in lines if line.startswith("[run ] base MN1:"))
     sample = next(line for line in lines if line.startswith("[run ] sample composition_1_2_y1-1_y2-2_g20:"))
     # Neither the seed-0 run's finished stages nor the committed checkpoints are touched.
     assert "--ckpt-dir runs/cpu_seed2 " in base
-    assert "--ckpt-dir runs/cpu_seed2/checkpoints " in sample and "--out-dir results/cpu_seed2 " in sample
+    assert "--gen-ckpt-dir runs/cpu_seed2/checkpoints " in sample and "--out-dir results/cpu_seed2 " in sample
     assert not (tmp_path / "checkpoints").exists()
     with pytest.raises(UserError, match="--seed must be >= 0"):
         reproduce.main(["--dry-run", "--seed", "-1"])
 
 
-def write_after(path, seconds, needed=()):
-    """argv of a stage that fails unless `needed` exist, sleeps, then writes when it started and ended to `path`."""
-    return ["-c", f"import pathlib, sys, time; start = time.time(); "
-                  f"sys.exit(3) if not all(pathlib.Path(p).exists() for p in {needed!r}) else time.sleep({seconds}); "
-                  f"pathlib.Path({str(path)!r}).write_text(f'{{start}} {{time.time()}}')"]
+class FakeLauncher:
+    """Launches stages without processes: stage k finishes after ticks[name] polls, writing its outputs, and
+    records the events ("start"/"end", name) in order; a stage fails where exits[name] says."""
+
+    def __init__(self, stages, ticks=None, exits=None):
+        self.outputs = {stage.command[0]: stage.outputs for stage in stages if stage.command}
+        self.ticks, self.exits, self.events = ticks or {}, exits or {}, []
+
+    def __call__(self, command, log, threads):
+        name = command[0]
+        self.events.append(("start", name))
+        launcher = self
+
+        class Process:
+            polls, returncode = 0, None
+
+            def poll(self):
+                self.polls += 1
+                if self.returncode is None and self.polls > launcher.ticks.get(name, 0):
+                    self.returncode = launcher.exits.get(name, 0)
+                    if self.returncode == 0:
+                        for path in launcher.outputs[name]:
+                            path.write_text(name)
+                    launcher.events.append(("end", name))
+                return self.returncode
+
+        return Process()
+
+    def overlapped(self, a, b):
+        """Whether a and b were running at the same time."""
+        position = {event: k for k, event in enumerate(self.events)}
+        return position[("start", a)] < position[("end", b)] and position[("start", b)] < position[("end", a)]
 
 
-def span(path):
-    return [float(v) for v in path.read_text().split()]
+def pipeline_of(tmp_path, stages, jobs=2, **fake):
+    launcher = FakeLauncher(stages, **fake)
+    return Pipeline(stages, tmp_path, jobs=jobs, launch=launcher, poll_every=0), launcher
+
+
+def three_stages(tmp_path):
+    """a and b are independent; c reads both."""
+    return [Stage("a", [tmp_path / "a"], ["a"]), Stage("b", [tmp_path / "b"], ["b"]),
+            Stage("c", [tmp_path / "c"], ["c"], after=("a", "b"))]
 
 
 def test_parallel_pipeline_respects_dependencies_and_overlaps_independent_stages(tmp_path, capsys):
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    pipeline = reproduce.Pipeline(tmp_path, dry_run=False, jobs=2)
-    pipeline.stage("a", [a], write_after(a, 1.0))
-    pipeline.stage("b", [b], write_after(b, 1.0))
-    pipeline.stage("c", [c], write_after(c, 0.0, [str(a), str(b)]), after=["a", "b"])
+    pipeline, launcher = pipeline_of(tmp_path, three_stages(tmp_path), ticks={"a": 3, "b": 3})
     pipeline.run()
-    (a_start, a_end), (b_start, b_end) = span(a), span(b)
-    assert a_start < b_end and b_start < a_end  # a and b ran side by side
-    assert span(c)[0] > max(a_end, b_end)
+    assert launcher.overlapped("a", "b")  # a and b ran side by side
+    assert launcher.events.index(("start", "c")) > max(launcher.events.index(("end", n)) for n in "ab")
     timings = json.loads((tmp_path / "timings.json").read_text())
-    assert set(timings) == {"a", "b", "c", reproduce.WALL_TIME_KEY}
-    assert (tmp_path / "logs" / "c.log").exists()  # parallel stages write logs
+    assert set(timings) == {"a", "b", "c", WALL_TIME_KEY}
+
+    # One job at a time: stages run one after another, in their order.
+    (tmp_path / "timings.json").unlink()
+    for name in "abc":
+        (tmp_path / name).unlink()
+    pipeline, launcher = pipeline_of(tmp_path, three_stages(tmp_path), jobs=1, ticks={"a": 3, "b": 3})
+    pipeline.run()
+    assert launcher.events == [(event, name) for name in "abc" for event in ("start", "end")]
 
     # Finished stages are skipped, unless a stage they read from ran again.
-    first_c = c.read_text()
-    a.unlink()
+    (tmp_path / "a").unlink()
     capsys.readouterr()
-    pipeline = reproduce.Pipeline(tmp_path, dry_run=False, jobs=2)
-    pipeline.stage("a", [a], write_after(a, 0.0))
-    pipeline.stage("b", [b], write_after(b, 0.0))
-    pipeline.stage("c", [c], write_after(c, 0.0, [str(a), str(b)]), after=["a", "b"])
+    pipeline, launcher = pipeline_of(tmp_path, three_stages(tmp_path))
     pipeline.run()
-    assert "[skip] b" in capsys.readouterr().out and c.read_text() != first_c
+    assert "[skip] b" in capsys.readouterr().out and [name for _, name in launcher.events] == ["a", "a", "c", "c"]
 
     # A failing stage stops what depends on it, keeps what finished, and exits non-zero.
-    a.unlink()
-    d = tmp_path / "d"
-    pipeline = reproduce.Pipeline(tmp_path, dry_run=False, jobs=2)
-    pipeline.stage("a", [a], ["-c", "import sys; sys.exit(5)"])
-    pipeline.stage("b", [b], write_after(b, 0.0))
-    pipeline.stage("d", [d], write_after(d, 0.0), after=["a"])
+    (tmp_path / "a").unlink()
+    stages = [Stage("a", [tmp_path / "a"], ["a"]), Stage("b", [tmp_path / "b"], ["b"]),
+              Stage("d", [tmp_path / "d"], ["d"], after=("a",))]
+    pipeline, launcher = pipeline_of(tmp_path, stages, exits={"a": 5})
     with pytest.raises(UserError, match="'a' \\(exit 5"):
         pipeline.run()
-    assert "[skip] b" in capsys.readouterr().out and b.exists() and not d.exists()
+    assert "[skip] b" in capsys.readouterr().out and ("start", "d") not in launcher.events
 
 
 def test_a_stage_made_ready_by_a_quick_action_keeps_its_priority(tmp_path):
-    train, export, high, low = (tmp_path / name for name in ("train", "export", "high", "low"))
-    pipeline = reproduce.Pipeline(tmp_path, dry_run=False, jobs=1)
-    pipeline.stage("train", [train], write_after(train, 0.0))
-    pipeline.stage("export", [export], action=lambda: export.write_text("exported"), after=["train"])
-    pipeline.stage("high", [high], write_after(high, 0.0, [str(export)]), after=["export"])
-    pipeline.stage("low", [low], write_after(low, 0.0))
+    export = tmp_path / "export"
+    stages = [Stage("train", [tmp_path / "train"], ["train"]),
+              Stage("export", [export], action=lambda: export.write_text("exported"), after=("train",)),
+              Stage("high", [tmp_path / "high"], ["high"], after=("export",)),
+              Stage("low", [tmp_path / "low"], ["low"])]
+    pipeline, launcher = pipeline_of(tmp_path, stages, jobs=1)
     pipeline.run()
-    assert span(train)[1] < span(high)[0] < span(low)[0]
+    assert [name for event, name in launcher.events if event == "start"] == ["train", "high", "low"]
+
+
+def test_a_stage_runs_its_command_with_the_interpreter_and_logs_in_parallel(tmp_path):
+    out = tmp_path / "out"
+    stages = [Stage("write", [out], ["-c", f"import pathlib; pathlib.Path({str(out)!r}).write_text('x')"])]
+    Pipeline(stages, tmp_path, jobs=2, poll_every=0.01).run()
+    assert out.read_text() == "x" and (tmp_path / "logs" / "write.log").exists()
 
 
 def test_export_halves_storage_and_loading_restores_float32(tmp_path):
     model = ScoreNet(VESDE().marginal_prob_std, (32, 32, 32, 32), embed_dim=32, input_channels=3)
     torch.save(model.state_dict(), tmp_path / "full.pth")
-    reproduce.export_checkpoint(tmp_path / "full.pth", tmp_path / "half.pth", half=True)
+    export_checkpoint(tmp_path / "full.pth", tmp_path / "half.pth", half=True)
     stored = torch.load(tmp_path / "half.pth")
     assert all(v.dtype == torch.float16 for v in stored.values())
     loaded = load_score_model(tmp_path / "half.pth", VESDE())
@@ -184,8 +226,8 @@ def test_export_halves_storage_and_loading_restores_float32(tmp_path):
 def write_first_row_evaluation(out_dir):
     """An evaluation report for the first showcase row in out_dir, as evaluate_composition.py writes it; its stem."""
     out_dir.mkdir(parents=True)
-    _, models, observations, scales = reproduce.SHOWCASE[0]
-    stem = reproduce.composition_stem(models, observations, scales)
+    _, models, observations, scales = SHOWCASE[0]
+    stem = composition_stem(models, observations, scales)
     (out_dir / f"{stem}_eval.json").write_text(json.dumps({
         "num_samples": 512, "support_precision": 0.97, "support_precision_ci": [0.95, 0.98], "tv_distance": 0.05,
         "tv_distance_ci": [0.03, 0.07], "tv_of_exact_samples": {"mean": 0.01}, "unrecognisable_share": 0.02}))
@@ -196,13 +238,13 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "results" / "cpu"
     stem = write_first_row_evaluation(out_dir)
-    _, models, observations, scales = reproduce.SHOWCASE[1]
-    second = reproduce.composition_stem(models, observations, scales)
+    _, models, observations, scales = SHOWCASE[1]
+    second = composition_stem(models, observations, scales)
     (out_dir / f"{second}_eval.json").write_text((out_dir / f"{stem}_eval.json").read_text())
     (out_dir / f"{second}.json").write_text(json.dumps({"precision": "bfloat16", "num_steps": 250,
                                                         "denoise_last_step": True}))
     (tmp_path / "README.md").write_text("intro\n<!-- results:cpu -->\nold table\n<!-- /results:cpu -->\nrest\n")
-    text = reproduce.write_summary(out_dir, "cpu", {"base M1": 100.4, "export M1": 0.0}).read_text()
+    text = write_summary(out_dir, "cpu", {"base M1": 100.4, "export M1": 0.0}).read_text()
     readme = (tmp_path / "README.md").read_text()
     assert "old table" not in readme and readme.startswith("intro\n<!-- results:cpu -->\n| composition |")
     assert f"[png](results/cpu/{stem}.png)" in readme
@@ -213,15 +255,15 @@ def test_summary_marks_pending_rows_and_reports_evaluations(tmp_path, monkeypatc
     # An evaluation against the base models' own samples adds the plug-in target's support precision.
     report = json.loads((out_dir / f"{second}_eval.json").read_text())
     (out_dir / f"{second}_eval.json").write_text(json.dumps({**report, "plug_in_target": {"support_precision": 0.775}}))
-    rewritten = reproduce.write_summary(out_dir, "cpu", {}).read_text()
+    rewritten = write_summary(out_dir, "cpu", {}).read_text()
     assert "| 2.0% | 77.5% | [png]" in rewritten
-    assert text.count("pending") == len(reproduce.SHOWCASE) - 2
+    assert text.count("pending") == len(SHOWCASE) - 2
     assert "| base M1 | 100 |" in text and "export M1" not in text
     # A run dir without timings (rows sampled elsewhere, or the run dir since deleted) keeps the times measured
     # before, and a summary that had none gets no empty stage table.
     assert rewritten.endswith("| base M1 | 100 |\n") and rewritten.count("Stage wall times") == 1
     (out_dir.parent / "cpu.md").unlink()
-    assert "Stage wall times" not in reproduce.write_summary(out_dir, "cpu", {}).read_text()
+    assert "Stage wall times" not in write_summary(out_dir, "cpu", {}).read_text()
 
 
 def test_summary_of_another_out_dir_leaves_readme_alone(tmp_path, monkeypatch):
@@ -230,10 +272,10 @@ def test_summary_of_another_out_dir_leaves_readme_alone(tmp_path, monkeypatch):
     (tmp_path / "README.md").write_text(readme)
     out_dir = tmp_path / "results" / "cpu_fresh"
     out_dir.mkdir(parents=True)
-    path = reproduce.write_summary(out_dir, "cpu", {"base M1": 10.0})
+    path = write_summary(out_dir, "cpu", {"base M1": 10.0})
     assert path == tmp_path / "results" / "cpu_fresh.md" and "| base M1 | 10 |" in path.read_text()
     assert (tmp_path / "README.md").read_text() == readme
-    assert "`python reproduce.py --scale cpu --seed 3`" in reproduce.write_summary(out_dir, "cpu", {}, seed=3).read_text()
+    assert "`python reproduce.py --scale cpu --seed 3`" in write_summary(out_dir, "cpu", {}, seed=3).read_text()
 
 
 def test_summary_rewrites_the_tables_of_docs_with_links_from_their_folder(tmp_path, monkeypatch):
@@ -243,7 +285,7 @@ def test_summary_rewrites_the_tables_of_docs_with_links_from_their_folder(tmp_pa
     (tmp_path / "docs" / "history.md").write_text(history)
     out_dir = tmp_path / "results" / "cpu_old"
     stem = write_first_row_evaluation(out_dir)
-    reproduce.write_summary(out_dir, "cpu", {"base M1": 10.0})
+    write_summary(out_dir, "cpu", {"base M1": 10.0})
     text = (tmp_path / "docs" / "history.md").read_text()
     assert f"[png](../results/cpu_old/{stem}.png)" in text and "| base M1 | 10 |" in text and "old\n" not in text
 
@@ -251,8 +293,8 @@ def test_summary_rewrites_the_tables_of_docs_with_links_from_their_folder(tmp_pa
 def test_progress_line_is_the_outer_bar_of_nested_ones(tmp_path):
     log = tmp_path / "stage.log"
     log.write_text("train:  40%|####  | 40/100\r\nPC sampling:  10%|#  | 10/100\x1b[A\rPC sampling:  20%|##  | 20/100\x1b[A")
-    assert reproduce.last_progress(log) == "train:  40%|####  | 40/100"
+    assert last_progress(log) == "train:  40%|####  | 40/100"
     log.write_text("PC sampling:  20%|##  | 20/100\r")
-    assert reproduce.last_progress(log) == "PC sampling:  20%|##  | 20/100"
+    assert last_progress(log) == "PC sampling:  20%|##  | 20/100"
     log.write_text("")
-    assert reproduce.last_progress(log) == "starting"
+    assert last_progress(log) == "starting"

@@ -1,4 +1,4 @@
-"""ScoreNet against the SPEC §4 table: names and shapes are the checkpoint format."""
+"""ScoreNet against the docs/reference.md §4 table: names and shapes are the checkpoint format."""
 import torch
 import torch.nn.functional as F
 import pytest
@@ -8,7 +8,7 @@ from sde import VESDE
 
 
 def spec_shapes(channels, embed_dim, in_ch):
-    """Every state_dict entry of ScoreNet as SPEC §4 describes it."""
+    """Every state_dict entry of ScoreNet as docs/reference.md §4 describes it."""
     c0, c1, c2, c3 = channels
     shapes = {"embed.0.W": [embed_dim // 2], "embed.1.weight": [embed_dim, embed_dim], "embed.1.bias": [embed_dim]}
     convs = {"conv1": [c0, in_ch, 3, 3], "conv2": [c1, c0, 3, 3], "conv3": [c2, c1, 3, 3], "conv4": [c3, c2, 3, 3],
@@ -39,7 +39,7 @@ def test_state_dict_matches_spec_table(channels, embed_dim, in_ch):
 
 
 def reference_forward(sd, x, t, std):
-    """SPEC §4's forward pass written directly against the state_dict, independent of ScoreNet's code."""
+    """docs/reference.md §4's forward pass written directly against the state_dict, independent of ScoreNet's code."""
     swish = lambda v: v * torch.sigmoid(v)
     angles = t[:, None] * sd["embed.0.W"][None] * 2 * torch.pi
     e = swish(F.linear(torch.cat([angles.sin(), angles.cos()], 1), sd["embed.1.weight"], sd["embed.1.bias"]))
@@ -62,7 +62,8 @@ def reference_forward(sd, x, t, std):
 def test_forward_agrees_with_spec_forward_for_loaded_weights():
     sde = VESDE()
     torch.manual_seed(0)
-    # A state_dict as another implementation would save it: random tensors under the SPEC names.
+    # A state_dict as another implementation would save it: random tensors under the reference names
+    # (docs/reference.md §4).
     foreign = {k: torch.randn(shape) * 0.1 for k, shape in spec_shapes((32, 64, 64, 64), 64, 3).items()}
     model = ScoreNet(sde.marginal_prob_std, channels=(32, 64, 64, 64), embed_dim=64, input_channels=3)
     model.load_state_dict(foreign, strict=True)

@@ -1,7 +1,7 @@
-"""Exact composition targets (SPEC §8), computed from the MNIST labels."""
+"""Exact composition targets (docs/reference.md §8), computed from the MNIST labels."""
 import pytest
 
-from cli import UserError
+from errors import UserError
 from targets import cell_name, target_distribution
 
 

@@ -8,7 +8,8 @@ import torch
 
 import train_diffusion
 import sample_individual_model
-from cli import UserError, flag_name
+from cli import flag_name, setting_help
+from errors import UserError
 
 TINY = ["--gen-idx", "M1", "--channels", "32", "32", "32", "32", "--embed-dim", "16", "--train-subset", "64",
         "--batch-size", "32", "--epochs", "2", "--save-every", "1"]
@@ -20,7 +21,7 @@ def run_script(*args):
 
 def test_help_lists_every_global():
     out = run_script("train_diffusion.py", "--help").stdout
-    for name in train_diffusion.OVERRIDABLE:
+    for name in setting_help(vars(train_diffusion), exclude=["CONFIG_KEYS"]):
         assert flag_name(name) in out
 
 
@@ -116,7 +117,7 @@ def test_sample_script_writes_grid_tensor_and_settings(tmp_path):
     ckpt = tmp_path / "gen_M2_ckpt_195.pth"
     torch.save(ScoreNet(VESDE().marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=16,
                         input_channels=3).state_dict(), ckpt)
-    sample_individual_model.main(["--gen-idx", "M2", "--ckpt-dir", str(tmp_path), "--num-samples", "5",
+    sample_individual_model.main(["--gen-idx", "M2", "--gen-ckpt-dir", str(tmp_path), "--num-samples", "5",
                                   "--batch-size", "3", "--num-steps", "3", "--out-dir", str(tmp_path / "out"),
                                   "--palette", "colorblind"])
     samples = torch.load(tmp_path / "out" / "individual_M2.pt")
@@ -129,18 +130,30 @@ def test_sample_script_writes_grid_tensor_and_settings(tmp_path):
     for flags, message in ((["--num-steps", "1"], "at least 2 steps"), (["--sampler", "heun", "--sigma-min", "-1"],
                                                                         "sigma_min")):
         with pytest.raises(UserError, match=message):
-            sample_individual_model.main(["--gen-idx", "M2", "--ckpt-dir", str(tmp_path), "--out-dir",
+            sample_individual_model.main(["--gen-idx", "M2", "--gen-ckpt-dir", str(tmp_path), "--out-dir",
                                           str(tmp_path / "refused"), *flags])
         assert not (tmp_path / "refused" / "individual_M2.pt").exists()
 
 
 def test_sample_script_bad_checkpoints(tmp_path):
-    missing = run_script("sample_individual_model.py", "--ckpt-dir", str(tmp_path))
+    missing = run_script("sample_individual_model.py", "--gen-ckpt-dir", str(tmp_path))
     assert missing.returncode == 2 and "train_diffusion.py" in missing.stderr
     from models.score_model import ScoreNet
     from sde import VESDE
 
     torch.save(ScoreNet(VESDE().marginal_prob_std, channels=(32, 32, 32, 32), embed_dim=16,
                         input_channels=1).state_dict(), tmp_path / "gen_MN1_ckpt_195.pth")
-    mismatch = run_script("sample_individual_model.py", "--ckpt-dir", str(tmp_path))
+    mismatch = run_script("sample_individual_model.py", "--gen-ckpt-dir", str(tmp_path))
     assert mismatch.returncode == 2 and "input_channels 1, expected 3" in mismatch.stderr
+
+
+@pytest.mark.parametrize("device, message", [("cuda", "no CUDA device"), ("tpu9", "unknown device"),
+                                             ("mps", "MPS is not available")])
+def test_a_device_this_machine_lacks_is_one_line(device, message, monkeypatch):
+    from runtime import get_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("runtime.mps_available", lambda: False)
+    with pytest.raises(UserError, match=message):
+        get_device(device)
+    assert get_device("auto").type == "cpu" and get_device("cpu").type == "cpu"

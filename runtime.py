@@ -1,0 +1,34 @@
+"""Where and how reproducibly a script runs: the device it computes on, the seeds of every generator."""
+import random
+
+import numpy as np
+import torch
+
+from errors import UserError
+
+
+def mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def get_device(requested: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu; or exactly the device asked for, if this machine has it."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:<index> or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: this machine has no CUDA device; use --device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not mps_available():
+        raise UserError(f"--device {requested}: MPS is not available here; use --device auto or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

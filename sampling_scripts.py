@@ -1,0 +1,89 @@
+"""What the sampling scripts share: the sampler and precision their globals describe, the settings an
+output's .json records, and the body of the composition scripts (load, compose, sample, save)."""
+import time
+
+import torch
+
+from artefacts import base_model_path, composition_stem
+from checkpoints import ensure_writable_dir, load_classifier, load_score_model
+from custom_datasets import dataset_spec
+from errors import UserError
+from images import save_samples
+from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
+from models.fast_paths import fast_score_model, resolve_precision
+from runtime import get_device
+from samplers import Sampler, sample_in_batches
+from sde import VESDE
+from targets import validate_composition
+
+
+def sampler_from_config(config, steps_key="NUM_STEPS") -> Sampler:
+    """The Sampler a script's globals describe (SAMPLER, <steps_key>, DENOISE_LAST_STEP, SNR, SIGMA_MIN, CHURN)."""
+    try:
+        return Sampler(config["SAMPLER"], config[steps_key], config["DENOISE_LAST_STEP"], config["SNR"],
+                       config["SIGMA_MIN"], config["CHURN"])
+    except ValueError as error:
+        raise UserError(f"{error}; see --help for --sampler and its settings") from None
+
+
+def precision_for(config, device) -> str:
+    """The script's PRECISION on `device`, "auto" resolved (bfloat16 only where the device computes it natively)."""
+    return resolve_precision(config["PRECISION"], device)
+
+
+def sampling_meta(sampler: Sampler, sde, config, precision, seconds) -> dict:
+    """What an output's .json records about how it was sampled, and on what."""
+    return {**sampler.settings(sde), "seed": config["SEED"], "precision": precision,
+            "precision_setting": config["PRECISION"], "compile": config["COMPILE"],
+            "sampling_seconds": round(seconds, 2), "device": str(get_device(config["DEVICE"])),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def base_model_paths(config, gen_idxs) -> list:
+    """The checkpoint of each base model: GEN_CKPT_PATH_<k> where given, else its file in GEN_CKPT_DIR."""
+    return [config[f"GEN_CKPT_PATH_{k}"] or base_model_path(config["GEN_CKPT_DIR"], name, config["GEN_CKPT_EPOCH"])
+            for k, name in enumerate(gen_idxs, start=1)]
+
+
+def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations, guidance_scales):
+    """The composition sampling scripts' shared body: load, compose, sample, save.
+
+    `config` holds the scripts' globals (GEN_CKPT_DIR, GEN_CKPT_EPOCH, GEN_CKPT_PATH_<k>, NUM_SAMPLES,
+    BATCH_SIZE, the sampler's (sampler_from_config), SEED, PALETTE, OUT_DIR, DEVICE, COMPILE, PRECISION).
+    `classifier_specs`: (checkpoint, classifier class, script that trains it)
+    for the joint classifier of (y1, y2), then for the conditional one of y3 if
+    there are three observations; one guidance scale each. Writes
+    composition_<models>_y1-<y1>_..._g<scale>... .png/.pt/.json in OUT_DIR.
+    """
+    validate_composition(gen_idxs, observations)
+    sampler = sampler_from_config(config)
+    ensure_writable_dir(config["OUT_DIR"])
+    device = get_device(config["DEVICE"])
+    precision = precision_for(config, device)
+    sde = VESDE()
+    classifiers = [load_classifier(path, cls, device, made_by) for path, cls, made_by in classifier_specs]
+    checkpoints = base_model_paths(config, gen_idxs)
+    score_models = [load_score_model(path, sde, device, input_channels=dataset_spec(name)[0])
+                    for name, path in zip(gen_idxs, checkpoints)]
+    try:
+        composition = BinaryDiffusionComposition(score_models, classifiers[0], *observations[:2], guidance_scales[0])
+        if len(observations) == 3:
+            composition = ConditionalDiffusionComposition(composition, classifiers[1], observations[2],
+                                                          guidance_scales[1])
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    # Only the score networks are compiled: a compiled classifier's input gradient ran slower on CPU
+    # (docs/performance.md).
+    composition = fast_score_model(composition, score_models, config["COMPILE"], precision)
+    started = time.perf_counter()
+    samples = sample_in_batches(composition, sde, sampler, config["NUM_SAMPLES"], config["BATCH_SIZE"], device,
+                                config["SEED"])
+    seconds = time.perf_counter() - started
+    stem = composition_stem(gen_idxs, observations, guidance_scales)
+    meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
+            "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
+            "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],
+            **sampling_meta(sampler, sde, config, precision, seconds)}
+    png = save_samples(samples, config["OUT_DIR"], stem, meta, config["PALETTE"])
+    print(f"saved {png} ({len(samples)} samples)")
+    return png
