@@ -84,7 +84,11 @@ def test_sampler_quality_names_the_cheapest_setting_that_meets_each_row(tmp_path
     (tmp_path / "sampler_quality.json").write_text(json.dumps(cells))
     sampler_quality.main(["--plot-only", "--out-dir", str(tmp_path)])
     table = (tmp_path / "sampler_quality.md").read_text()
-    assert f"| {guided} | pc:250 (500) | heun-churn:20 (39) |" in table and f"| {exact} | pc:250 (500) | none |" in table
+    guided_line = next(line for line in table.splitlines() if line.startswith(f"| {guided} | support precision |"))
+    exact_line = next(line for line in table.splitlines() if line.startswith(f"| {exact} | TV |"))
+    assert guided_line.startswith(f"| {guided} | support precision | pc:250 (500): 96.0%")
+    assert "| heun-churn:40 (79): 99.0%" in guided_line and guided_line.endswith("| heun-churn:20 (39) |")
+    assert "| heun-churn:40 (79): 0.250" in exact_line and exact_line.endswith("| none |")
     assert (tmp_path / "sampler_quality.png").stat().st_size > 0
 
 
