@@ -196,6 +196,9 @@ def plot(cells, path):
                             label=sampler, linestyle="-" if sampler != "pc" else "none")
         ax.axvline(MAX_EVALUATIONS, color="grey", linewidth=0.6, linestyle=":")
         ax.set(title=label, xscale="log", ylim=(0, 1.02))
+        ticks = sorted({c["evaluations"] for c in cells if c["composition"] == label})
+        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+        ax.minorticks_off()
         ax.set_ylabel("TV to exact target" if exact else "support precision", fontsize=8)
         ax.title.set_fontsize(9)
     for ax in axes.flat[len(labels):]:
