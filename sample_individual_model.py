@@ -54,7 +54,7 @@ def main(argv=None):
                                 config["SEED"])
     seconds = time.perf_counter() - started
     meta = {"kind": "individual", "models": [config["GEN_IDX"]], "checkpoints": [ckpt],
-            **sampling_meta(sampler, sde, config, precision, seconds)}
+            **sampling_meta(sampler, sde, config, device, precision, seconds)}
     png = save_samples(samples, config["OUT_DIR"], individual_stem(config["GEN_IDX"]), meta, config["PALETTE"])
     print(f"saved {png} ({len(samples)} samples)")
     return png

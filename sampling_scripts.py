@@ -31,11 +31,11 @@ def precision_for(config, device) -> str:
     return resolve_precision(config["PRECISION"], device)
 
 
-def sampling_meta(sampler: Sampler, sde, config, precision, seconds) -> dict:
+def sampling_meta(sampler: Sampler, sde, config, device, precision, seconds) -> dict:
     """What an output's .json records about how it was sampled, and on what."""
     return {**sampler.settings(sde), "seed": config["SEED"], "precision": precision,
             "precision_setting": config["PRECISION"], "compile": config["COMPILE"],
-            "sampling_seconds": round(seconds, 2), "device": str(get_device(config["DEVICE"])),
+            "sampling_seconds": round(seconds, 2), "device": str(device),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
@@ -83,7 +83,7 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
             "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
             "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],
-            **sampling_meta(sampler, sde, config, precision, seconds)}
+            **sampling_meta(sampler, sde, config, device, precision, seconds)}
     png = save_samples(samples, config["OUT_DIR"], stem, meta, config["PALETTE"])
     print(f"saved {png} ({len(samples)} samples)")
     return png

@@ -2,8 +2,8 @@
 from samplers.heun_sampler import heun_evaluations, heun_trajectory_sampler, noise_levels
 from samplers.pc_sampler import (IMAGE_SIZE, denoising_step, euler_maruyama_predictor, langevin_corrector, pc_sampler,
                                  pc_trajectory_sampler, time_grid)
-from samplers.sampling import SAMPLERS, CountingScore, Sampler, sample_in_batches
+from samplers.sampling import SAMPLERS, Sampler, sample_in_batches
 
-__all__ = ["IMAGE_SIZE", "SAMPLERS", "CountingScore", "Sampler", "denoising_step", "euler_maruyama_predictor",
+__all__ = ["IMAGE_SIZE", "SAMPLERS", "Sampler", "denoising_step", "euler_maruyama_predictor",
            "heun_evaluations", "heun_trajectory_sampler", "langevin_corrector", "noise_levels", "pc_sampler",
            "pc_trajectory_sampler", "sample_in_batches", "time_grid"]

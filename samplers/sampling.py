@@ -96,14 +96,3 @@ def sample_in_batches(score_model, sde, sampler: Sampler, num_samples, batch_siz
                                       progress=progress).clamp(0.0, 1.0).cpu())
     return torch.cat(batches)
 
-
-class CountingScore(torch.nn.Module):
-    """A score model that counts its calls (per batch): for checking a sampler's evaluation count."""
-
-    def __init__(self, score_model):
-        super().__init__()
-        self.score_model, self.input_channels, self.calls = score_model, score_model.input_channels, 0
-
-    def forward(self, x, t):
-        self.calls += 1
-        return self.score_model(x, t)

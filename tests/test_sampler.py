@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from samplers import CountingScore, Sampler, noise_levels, pc_sampler, pc_trajectory_sampler, time_grid
+from samplers import Sampler, noise_levels, pc_sampler, pc_trajectory_sampler, time_grid
 from sde import VESDE
 
 
@@ -116,7 +116,7 @@ def test_heun_samplers_reproduce_gaussian_mean_and_variance_in_few_steps(name, n
                                      Sampler("heun-churn", 7, churn=5.0, denoise_last_step=True)])
 def test_recorded_evaluation_count_is_the_number_of_score_calls(sampler):
     sde = VESDE()
-    score = CountingScore(GaussianScore(sde, 0.0, 1.0, dim=2))
+    score = GaussianScore(sde, 0.0, 1.0, dim=2)  # counts its calls
     sampler.sample(score, sde, 5, shape=(2,), progress=False)
     assert score.calls == sampler.evaluations_per_sample == sampler.settings(sde)["score_evaluations_per_sample"]
 
