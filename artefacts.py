@@ -19,6 +19,12 @@ REFERENCE_STEPS = {JOINT_CLASSIFIER: 200, SUBDIGITS_CLASSIFIER: 200, THREE_WAY_C
                    CONDITIONAL_CLASSIFIER: 200}
 
 
+def energy_model_name(gen_idx) -> str:
+    """What an energy-parameterised model of `gen_idx` (train_diffusion.py --energy) is filed under, in place of
+    GEN_IDX in every name below: its checkpoints are not in the reference's format."""
+    return f"{gen_idx}_energy"
+
+
 def base_model_checkpoint(gen_idx, epoch=REFERENCE_EPOCH) -> str:
     return f"gen_{gen_idx}_ckpt_{epoch}.pth"
 

@@ -14,6 +14,7 @@ from artefacts import ORACLE_CHECKPOINT
 from errors import UserError
 from models import freeze
 from models.classifier_model import classifier_config_from_state_dict
+from models.energy_model import EnergyScoreNet, energy_config_from_state_dict, is_energy_state_dict
 from models.oracle import OracleNet
 from models.score_model import ScoreNet, scorenet_config_from_state_dict
 
@@ -87,15 +88,29 @@ def load_score_model(path, sde, device="cpu", channels=None, input_channels=None
     `channels`/`input_channels`, when given, are what the caller expects; a
     checkpoint of another architecture is then an error naming both.
     """
-    state = load_state_dict_file(path, made_by="train_diffusion.py")
+    return _load_base_model(path, sde, device, channels, input_channels, energy=False)
+
+
+def load_energy_model(path, sde, device="cpu", channels=None, input_channels=None):
+    """load_score_model for an energy-parameterised checkpoint (train_diffusion.py --energy): an EnergyScoreNet."""
+    return _load_base_model(path, sde, device, channels, input_channels, energy=True)
+
+
+def _load_base_model(path, sde, device, channels, input_channels, energy):
+    state = load_state_dict_file(path, made_by="train_diffusion.py" + (" --energy" if energy else ""))
+    if is_energy_state_dict(state) != energy:
+        raise UserError(f"checkpoint {path} is an energy-parameterised model (train_diffusion.py --energy): load it "
+                        f"with checkpoints.load_energy_model" if not energy else
+                        f"checkpoint {path} is a plain ScoreNet, not an energy model: train one with "
+                        f"train_diffusion.py --energy")
     try:
-        config = scorenet_config_from_state_dict(state)
+        config = (energy_config_from_state_dict if energy else scorenet_config_from_state_dict)(state)
     except ValueError as error:
         raise UserError(f"checkpoint {path}: {error}") from None
     for name, expected in (("channels", channels), ("input_channels", input_channels)):
         if expected is not None and tuple(np.atleast_1d(expected)) != tuple(np.atleast_1d(config[name])):
             raise UserError(f"checkpoint {path} has {name} {config[name]}, expected {expected}")
-    model = ScoreNet(sde.marginal_prob_std, **config)
+    model = (EnergyScoreNet if energy else ScoreNet)(sde.marginal_prob_std, **config)
     load_into(model, state, path)
     return freeze(model.to(device))
 

@@ -99,3 +99,41 @@ def target_distribution(models, observations=(), root=DATA_ROOT) -> dict:
     except UserError:
         raise UserError(f"observations {list(observations)} of models {models} have no common support: "
                         f"the composition is empty") from None
+
+
+# ---- The related systems' operators (issue 25) ----
+# Each operator's density of one image, from the images' densities under the base models: a mixture weighs them,
+# a product (any positive powers: Composable Diffusion's AND, RRR, FKC) is uniform on the images every model
+# holds, as the harmonic mean is. A negation p_1 / p_2^w and SuperDiff's AND have no normalisable exact target
+# here; they are scored against what they aim at: D_1 without the others' images, resp. the intersection.
+OPERATOR_TARGETS = {
+    "mixture": "exact: omega_i / |D_i| on each D_i",
+    "product": "exact: uniform on the intersection of the D_i",
+    "negation": "intended: uniform on D_1 without the other D_i",
+}
+
+
+def operator_target(models, operator, mixture_weights=None, root=DATA_ROOT) -> dict:
+    """{(digit, colour): probability} of an operator's exact or intended target (OPERATOR_TARGETS); largest first,
+    no zeros. `mixture_weights` omega (uniform unless given) apply to "mixture" only."""
+    models = [str(name) for name in models]
+    validate_composition(models, ())
+    if operator not in OPERATOR_TARGETS:
+        raise UserError(f"unknown operator {operator!r}; choose one of {', '.join(OPERATOR_TARGETS)}")
+    omega = [1.0 / len(models)] * len(models) if mixture_weights is None else [float(w) for w in mixture_weights]
+    if len(omega) != len(models) or any(w < 0 for w in omega) or sum(omega) <= 0:
+        raise UserError(f"mixture weights need one non-negative weight per model ({len(models)}), got {omega}")
+    counts = digit_counts(root)
+    image_density = {
+        "mixture": lambda d: sum(w * di for w, di in zip(omega, d)) / sum(omega),
+        "product": lambda d: float(all(d)),
+        "negation": lambda d: d[0] * float(not any(d[1:])),
+    }[operator]
+    weights = {cell: counts[cell[0]] * image_density(densities)
+               for cell, densities in cell_densities(models, root).items()}
+    norm = sum(weights.values())
+    if norm == 0:
+        raise UserError(f"the {operator} of models {models} is empty: they share no cell"
+                        if operator == "product" else f"the negation of models {models} is empty: "
+                        f"{models[0]}'s cells are all in the others")
+    return dict(sorted(((cell, w / norm) for cell, w in weights.items() if w > 0), key=lambda item: -item[1]))

@@ -8,6 +8,7 @@ them for --resume, and a loss-curve PNG at the end.
 CPU recipe (about 10 minutes on 2 cores, see README):
     python train_diffusion.py --preset cpu --gen-idx MN1         # 12 epochs, float32
     python train_diffusion.py --preset cpu-24 --gen-idx MN1   # 24 epochs, bfloat16 where native: reproduce.py's
+    python train_diffusion.py --preset cpu --gen-idx M1 --energy   # score = -grad E, for MALA/HMC (issue 25)
 """
 import math
 from pathlib import Path
@@ -15,13 +16,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from artefacts import base_model_checkpoint, base_model_checkpoints_glob, loss_plot, train_state
+from artefacts import energy_model_name, base_model_checkpoint, base_model_checkpoints_glob, loss_plot, train_state
 from checkpoints import atomic_save, ensure_writable_dir, load_into
 from cli import configure, run_main
 from custom_datasets import ColouredMNIST
 from errors import UserError
 from losses import denoising_score_matching_loss
 from models.fast_paths import PRECISIONS, AutocastScore, compile_in_place, resolve_precision
+from models.energy_model import EnergyScoreNet
 from models.score_model import ScoreNet
 from recipes import PRESETS
 from runtime import get_device, seed_everything
@@ -35,6 +37,8 @@ LR_END = 1e-4
 LR_SCHEDULE = "exponential"  # reference: per-epoch decay LR -> LR_END; "onecycle" is per step
 CHANNELS = [64, 128, 256, 256]
 EMBED_DIM = 256
+ENERGY = False  # energy-parameterised model (score = -grad_x E, for Metropolis-corrected MCMC); its checkpoints are
+# gen_<GEN_IDX>_energy_ckpt_<epoch>.pth and do not load as a plain ScoreNet
 SAVE_EVERY = 5
 TRAIN_SUBSET = 0  # train on this many randomly chosen images; 0 = the whole dataset
 COMPILE = False  # torch.compile the network in place (state_dict keys unchanged)
@@ -50,8 +54,8 @@ PRESET = None
 
 # The settings a resume must share with the run it continues.
 CONFIG_KEYS = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",
-               "TRAIN_SUBSET", "PRECISION", "SEED"]
-DEFAULTS_OF_LATER_KEYS = {"PRECISION": "float32"}  # what train states saved before a key existed used
+               "ENERGY", "TRAIN_SUBSET", "PRECISION", "SEED"]
+DEFAULTS_OF_LATER_KEYS = {"PRECISION": "float32", "ENERGY": False}  # what train states saved before a key existed used
 
 
 def parse_args(argv=None):
@@ -59,19 +63,27 @@ def parse_args(argv=None):
     config = configure(globals(), argv, exclude=["CONFIG_KEYS"], defaults=PRESETS[preset] if preset else None)
     if len(config["CHANNELS"]) != 4 or any(c % 32 for c in config["CHANNELS"]):
         raise UserError(f"--channels needs 4 multiples of 32 (GroupNorm uses 32 groups); got {config['CHANNELS']}")
+    if config["ENERGY"] and (config["COMPILE"] or config["PRECISION"] != "float32"):
+        raise UserError("--energy trains in eager float32 (its loss differentiates the score, a gradient itself); "
+                        "use --preset cpu or pass --no-compile --precision float32")
     return config
 
 
+def run_name(config):
+    """GEN_IDX, or its energy model's name: what every file of this run is named after."""
+    return energy_model_name(config["GEN_IDX"]) if config["ENERGY"] else config["GEN_IDX"]
+
+
 def checkpoint_path(config, epoch):
-    return Path(config["CKPT_DIR"]) / base_model_checkpoint(config["GEN_IDX"], epoch)
+    return Path(config["CKPT_DIR"]) / base_model_checkpoint(run_name(config), epoch)
 
 
 def state_path(config):
-    return Path(config["CKPT_DIR"]) / train_state(config["GEN_IDX"])
+    return Path(config["CKPT_DIR"]) / train_state(run_name(config))
 
 
 def existing_run(config):
-    earlier_checkpoints = Path(config["CKPT_DIR"]).glob(base_model_checkpoints_glob(config["GEN_IDX"]))
+    earlier_checkpoints = Path(config["CKPT_DIR"]).glob(base_model_checkpoints_glob(run_name(config)))
     return state_path(config).exists() or any(earlier_checkpoints)
 
 
@@ -107,15 +119,16 @@ def train(config):
     if config["RESUME"] and not resume_file.is_file():
         raise UserError(f"nothing to resume: {resume_file} does not exist; run without --resume to start")
     if not config["RESUME"] and not config["OVERWRITE"] and existing_run(config):
-        raise UserError(f"{ckpt_dir} already holds a run of {config['GEN_IDX']}; pass --resume to continue it "
+        raise UserError(f"{ckpt_dir} already holds a run of {run_name(config)}; pass --resume to continue it "
                         f"or --overwrite to start over")
 
     seed_everything(config["SEED"])
     sde = VESDE()
     dataset = ColouredMNIST(config["GEN_IDX"], root=config["DATA_ROOT"], train=True)
     indices = torch.randperm(len(dataset))[:config["TRAIN_SUBSET"]] if config["TRAIN_SUBSET"] else torch.arange(len(dataset))
-    model = ScoreNet(sde.marginal_prob_std, channels=config["CHANNELS"], embed_dim=config["EMBED_DIM"],
-                     input_channels=dataset.channels).to(device)
+    network = EnergyScoreNet if config["ENERGY"] else ScoreNet
+    model = network(sde.marginal_prob_std, channels=config["CHANNELS"], embed_dim=config["EMBED_DIM"],
+                    input_channels=dataset.channels).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["LR"])
     steps_per_epoch = math.ceil(len(indices) / config["BATCH_SIZE"])
     scheduler, scheduler_unit = make_scheduler(optimizer, config, steps_per_epoch)
@@ -144,7 +157,7 @@ def train(config):
     if start_epoch >= config["EPOCHS"]:
         print(f"{resume_file} is complete ({start_epoch} epochs); nothing to do")
         return model
-    progress = tqdm(total=(config["EPOCHS"] - start_epoch) * steps_per_epoch, desc=f"train {config['GEN_IDX']}")
+    progress = tqdm(total=(config["EPOCHS"] - start_epoch) * steps_per_epoch, desc=f"train {run_name(config)}")
     for epoch in range(start_epoch, config["EPOCHS"]):
         model.train()
         order = indices[torch.randperm(len(indices))]
@@ -172,7 +185,7 @@ def train(config):
                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                      "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}, resume_file)
     progress.close()
-    plot_losses(losses, ckpt_dir / loss_plot(config["GEN_IDX"]))
+    plot_losses(losses, ckpt_dir / loss_plot(run_name(config)))
     print(f"saved {checkpoint_path(config, config['EPOCHS'] - 1)} (final loss {losses[-1]:.3f})")
     return model
 

@@ -31,6 +31,17 @@ def noise_levels(num_steps, sigma_min, sigma_max, rho=7.0, device=None):
     return levels.float()
 
 
+def reverse_sde_grid(sde, num_steps, sigma_min=None, rho=7.0, device=None):
+    """(times [N], variance steps [N - 1]) for Euler-Maruyama samplers of the reverse SDE: the noise levels above as
+    SDE times, and the variance sigma_i^2 - sigma_(i+1)^2 = integral of g^2 dt each step removes. A step is then
+    x + dv s(x, t_i) + sqrt(dv) z, its noise exact for this SDE; unlike the PC sampler's uniform time grid, whose
+    last steps remove many times the variance left (module docstring of pc_sampler.py), each step removes a
+    bounded share of it, so that a drift of several summed scores stays stable."""
+    sigmas = noise_levels(num_steps, sigma_min or default_sigma_min(sde), sde.prior_std(), rho, device)
+    times = sde.time_of_std(sigmas.cpu()).to(sigmas)
+    return times, sigmas[:-1] ** 2 - sigmas[1:] ** 2
+
+
 def heun_evaluations(num_steps, denoise_last_step):
     """Score evaluations per sample: two per Heun step between levels, one for the final denoising step."""
     return 2 * (num_steps - 1) + int(denoise_last_step)

@@ -90,6 +90,27 @@ def test_existing_run_is_not_overwritten(data_root, tmp_path):
         train_diffusion.main(TINY + ["--ckpt-dir", str(tmp_path / "empty"), "--resume"])
 
 
+def test_energy_training_writes_its_own_checkpoints_that_a_plain_loader_refuses(data_root, tmp_path):
+    """--energy: files named gen_M1_energy_*, beside (not over) a plain run of M1; the score loader refuses them
+    with the loader to use, and the energy loader refuses a plain checkpoint."""
+    from checkpoints import load_energy_model, load_score_model
+    from models.energy_model import EnergyScoreNet
+    from sde import VESDE
+
+    args = TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1"]
+    train_diffusion.main(args)
+    train_diffusion.main(args + ["--energy"])
+    assert (tmp_path / "gen_M1_energy_ckpt_0.pth").is_file() and (tmp_path / "gen_M1_ckpt_0.pth").is_file()
+    model = load_energy_model(tmp_path / "gen_M1_energy_ckpt_0.pth", VESDE(), input_channels=3)
+    assert isinstance(model, EnergyScoreNet) and model.channels == (32, 32, 32, 32)
+    with pytest.raises(UserError, match="load_energy_model"):
+        load_score_model(tmp_path / "gen_M1_energy_ckpt_0.pth", VESDE())
+    with pytest.raises(UserError, match="train_diffusion.py --energy"):
+        load_energy_model(tmp_path / "gen_M1_ckpt_0.pth", VESDE())
+    with pytest.raises(UserError, match="eager float32"):
+        train_diffusion.main(args + ["--energy", "--compile"])
+
+
 @pytest.mark.parametrize("args,message", [
     (["--gen-idx", "M7"], "invalid choice: 'M7'"),
     (["--epochs", "0"], "--epochs must be positive"),

@@ -1,0 +1,312 @@
+"""Compositional Sculpting against the other ways of composing diffusion models, on the same base models and the
+same exact targets (issue 25).
+
+Each row samples one operator with its system's sampler at about the same budget, ~100 evaluations of the
+composed score per sample (each evaluates every base model once), and scores the samples with the project's
+oracle against the operator's exact target (targets.py) or, where it has none, against its intended one:
+  sculpting     BinaryDiffusionComposition / ConditionalDiffusionComposition, heun-churn (the cpu recipe)
+  composable    Composable Diffusion's score sums (models/operators.py), the same sampler
+  rrr-*         Reduce, Reuse, Recycle: the sum sampled with annealed MCMC (samplers/mcmc.py); mala and hmc on
+                the energy-parameterised base models (train_diffusion.py --energy)
+  fkc-smc       Feynman-Kac correctors: SMC over each batch of particles (samplers/smc.py)
+  superdiff-*   SuperDiff OR / AND with the Itô density estimator (samplers/superdiff.py)
+
+    python compare_operators.py                      # every row: results/operators/ (table, grids, bar chart)
+    python compare_operators.py --only "M1_M2/.*"    # the rows whose suite/method the expression matches
+    python compare_operators.py --plot-only          # redraw the table and chart from the saved rows
+
+A row's samples and scores are kept (<suite>_<method>.pt/.json); a rerun reuses every row whose settings are
+unchanged, so an interrupted run resumes where it stopped.
+"""
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, ORACLE_CHECKPOINT, REFERENCE_EPOCH,
+                       THREE_WAY_CLASSIFIER, base_model_path, energy_model_name, reference_classifier_checkpoint)
+from checkpoints import atomic_save, ensure_writable_dir, load_classifier, load_energy_model, load_oracle, \
+    load_score_model
+from cli import configure, run_main
+from custom_datasets import dataset_spec
+from errors import UserError
+from evaluation import composition_metrics, sample_cells
+from images import save_image_grid
+from models.classifier_model import JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier
+from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
+from models.operators import negation, product_of_experts
+from models.oracle import predict
+from reproduction.report import update_markers
+from runtime import get_device
+from samplers import MCMCKernel, Sampler, annealed_mcmc_sampler, fkc_product_sampler, superdiff_sampler
+from sde import VESDE
+from targets import OPERATOR_TARGETS, cell_name, operator_target, target_distribution
+
+REPO = Path(__file__).resolve().parent
+
+NUM_SAMPLES = 512
+BATCH_SIZE = 128  # also the particle population of fkc-smc
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = REFERENCE_EPOCH
+ENERGY_CKPT_DIR = "checkpoints/energy"  # gen_<GEN_IDX>_energy_ckpt_<ENERGY_CKPT_EPOCH>.pth: the rrr-mala, rrr-hmc rows
+ENERGY_CKPT_EPOCH = 11  # the epoch of those checkpoints (the cpu preset trains 12: 0..11)
+ONLY = None
+SEED = 0
+DEVICE = "auto"
+OUT_DIR = "results/operators"
+PLOT_ONLY = False
+
+# Every system at ~100 composed-score evaluations per sample.
+HEUN = Sampler("heun-churn", 40, denoise_last_step=True, sigma_min=0.05, churn=40.0)  # the cpu recipe's: 79
+EM_STEPS = 100  # fkc-smc, superdiff: Euler-Maruyama steps of the reverse SDE, one evaluation each
+ULA = MCMCKernel("ula", steps_per_level=2, step_size=0.05)  # 34 levels: 1 + 33 (1 + 2) = 100
+UHMC = MCMCKernel("uhmc", steps_per_level=1, step_size=0.05, leapfrog_steps=3, damping=0.9)  # 26 levels: 101
+MALA = MCMCKernel("mala", steps_per_level=2, step_size=0.05)
+HMC = MCMCKernel("hmc", steps_per_level=1, step_size=0.05, leapfrog_steps=3)
+MCMC_LEVELS = {"ula": 34, "mala": 34, "uhmc": 26, "hmc": 26}
+GUIDANCE = 20.0  # sculpting's two-model rows, as in README's Results
+GUIDANCE_3WAY = [10.0, 75.0]  # sculpting-123: the joint and the conditional classifier's guidance scales
+
+# The rows: suite -> (base models, [(method, operator, what it samples)]). The operator names the target.
+SUITES = {
+    "M1_M2": (["M1", "M2"], [
+        ("sculpting-harmonic", "product", {"sculpt": (1, 2)}),
+        ("composable-and", "product", {"sum": "and"}),
+        ("rrr-ula", "product", {"mcmc": ULA}),
+        ("rrr-uhmc", "product", {"mcmc": UHMC}),
+        # The same product on the energy-parameterised models: without and with the Metropolis test, which tells
+        # what the parameterisation does from what the correction does.
+        ("composable-and-energy", "product", {"sum": "and", "energy": True}),
+        ("rrr-ula-energy", "product", {"mcmc": ULA, "energy": True}),
+        ("rrr-mala", "product", {"mcmc": MALA, "energy": True}),
+        ("rrr-hmc", "product", {"mcmc": HMC, "energy": True}),
+        ("fkc-smc", "product", {"smc": True}),
+        ("superdiff-and", "product", {"superdiff": "and"}),
+        ("sculpting-contrast", "contrast", {"sculpt": (1, 1)}),
+        # NOT's weight w in p_1 (p_1 / p_2)^w: a pilot of 16 samples gave 81% in D_1 \ D_2 at w = 0.3, 19% at 0.6
+        # and noise at 1 (the extrapolation (1 + w) s_1 - w s_2 leaves the data's range); both ends are rows.
+        ("composable-not-w0.3", "negation", {"sum": "not", "weight": 0.3}),
+        ("composable-not-w1", "negation", {"sum": "not", "weight": 1.0}),
+        ("sculpting-mixture", "mixture", {"sculpt": ()}),
+        ("superdiff-or", "mixture", {"superdiff": "or"}),
+    ]),
+    "MN2_MN3": (["MN2", "MN3"], [
+        ("composable-and", "product", {"sum": "and"}),
+        ("rrr-ula", "product", {"mcmc": ULA}),
+        ("fkc-smc", "product", {"smc": True}),
+        ("superdiff-and", "product", {"superdiff": "and"}),
+        ("composable-not-w0.3", "negation", {"sum": "not", "weight": 0.3}),
+        ("superdiff-or", "mixture", {"superdiff": "or"}),
+    ]),
+    "MN1_MN2_MN3": (["MN1", "MN2", "MN3"], [
+        ("sculpting-123", "product", {"sculpt": (1, 2, 3)}),
+        ("composable-and", "product", {"sum": "and"}),
+        ("rrr-ula", "product", {"mcmc": ULA}),
+        ("fkc-smc", "product", {"smc": True}),
+    ]),
+}
+CLASSIFIERS = {2: [(JOINT_CLASSIFIER, JointYClassifier, "train_classifier.py")],
+               3: [(THREE_WAY_CLASSIFIER, ThreeWayJointYClassifier, "train_3way_classifier.py"),
+                   (CONDITIONAL_CLASSIFIER, ThreeWayConditionalYClassifier, "train_3way_conditional_classifier.py")]}
+
+
+def target_of(models, operator, how):
+    """The exact target, or the intended one (negation, SuperDiff AND), and which of the two it is."""
+    if operator == "contrast":
+        return target_distribution(models, how["sculpt"]), "exact: p_1^2 / (p_1 + p_2)"
+    kind = OPERATOR_TARGETS[operator]
+    if how.get("superdiff") == "and":  # the densities kept equal: it aims at the intersection, has no exact form
+        kind = kind.replace("exact", "intended")
+    return operator_target(models, operator), kind
+
+
+def settings_of(how, config) -> dict:
+    """What a row's sampler is, as its .json records it (and a rerun compares)."""
+    if "sculpt" in how or "sum" in how:
+        out = {**HEUN.settings(), "energy_models": bool(how.get("energy"))}
+        if how.get("sum") == "not":
+            out["negation_weight"] = how["weight"]
+        if "sculpt" in how:
+            observations = how["sculpt"]
+            out["observations"] = list(observations)
+            out["guidance"] = [0.0] if not observations else list(config["GUIDANCE_3WAY"]) \
+                if len(observations) == 3 else [config["GUIDANCE"]]
+        return out
+    if "mcmc" in how:
+        return {"sampler": "annealed-mcmc", "num_steps": MCMC_LEVELS[how["mcmc"].name], **how["mcmc"].settings(),
+                "energy_models": bool(how.get("energy"))}
+    if "smc" in how:
+        return {"sampler": "fkc-smc", "num_steps": config["EM_STEPS"], "ess_threshold": 0.5,
+                "particles": config["BATCH_SIZE"]}
+    return {"sampler": f"superdiff-{how['superdiff']}", "num_steps": config["EM_STEPS"]}
+
+
+def load_bases(config, models, energy, sde, device):
+    if energy:
+        return [load_energy_model(base_model_path(config["ENERGY_CKPT_DIR"], energy_model_name(name),
+                                                  config["ENERGY_CKPT_EPOCH"]), sde, device,
+                                  input_channels=dataset_spec(name)[0]) for name in models]
+    return [load_score_model(base_model_path(config["GEN_CKPT_DIR"], name, config["GEN_CKPT_EPOCH"]), sde, device,
+                             input_channels=dataset_spec(name)[0]) for name in models]
+
+
+def sculpting(bases, observations, device, config):
+    """The composition of README's rows; no observation: the mixture, guidance 0 (the classifier's posterior mix)."""
+    classifiers = [load_classifier(reference_classifier_checkpoint(name), cls, device, made_by)
+                   for name, cls, made_by in CLASSIFIERS[len(bases)]]
+    y_1, y_2 = observations[:2] if observations else (1, 1)
+    scales = config["GUIDANCE_3WAY"] if len(observations) == 3 else [config["GUIDANCE"] if observations else 0.0]
+    composition = BinaryDiffusionComposition(bases, classifiers[0], y_1, y_2, scales[0])
+    if len(observations) == 3:
+        composition = ConditionalDiffusionComposition(composition, classifiers[1], observations[2], scales[1])
+    return composition
+
+
+def sampler_of(how, bases, sde, device, config):
+    """batch (size, generator) -> (samples, composed-score evaluations per sample, extra stats)."""
+    if "sculpt" in how or "sum" in how:
+        model = sculpting(bases, how["sculpt"], device, config) if "sculpt" in how else \
+            product_of_experts(bases) if how["sum"] == "and" else negation(bases[0], bases[1], how["weight"])
+        return lambda size, generator: (HEUN.sample(model, sde, size, device=device, generator=generator,
+                                                    progress=False), HEUN.evaluations_per_sample, {})
+    if "mcmc" in how:
+        kernel = how["mcmc"]
+
+        def mcmc(size, generator):
+            x, stats = annealed_mcmc_sampler(product_of_experts(bases), sde, kernel, size, MCMC_LEVELS[kernel.name],
+                                             device=device, generator=generator, progress=False)
+            return x, stats["score_evaluations_per_sample"], {k: v for k, v in stats.items() if k == "acceptance_rate"}
+        return mcmc
+    if "smc" in how:
+        def smc(size, generator):
+            x, stats = fkc_product_sampler(bases, sde, batch_size=size, num_steps=config["EM_STEPS"], device=device,
+                                           generator=generator, progress=False)
+            return x, stats["score_evaluations_per_sample"], {"resamplings": stats["resamplings"]}
+        return smc
+
+    def superdiff(size, generator):
+        x, _, evaluations = superdiff_sampler(bases, sde, how["superdiff"], batch_size=size,
+                                              num_steps=config["EM_STEPS"],
+                                              device=device, generator=generator, progress=False)
+        return x, evaluations, {}
+    return superdiff
+
+
+def run_row(config, suite, method, operator, how, oracle, device, out_dir):
+    """Sample and score one row, or reuse its saved result when its settings are unchanged."""
+    models = SUITES[suite][0]
+    stem = f"{suite}_{method}"
+    settings = {"models": models, "operator": operator, "num_samples": config["NUM_SAMPLES"],
+                "batch_size": config["BATCH_SIZE"], "seed": config["SEED"], **settings_of(how, config)}
+    saved = out_dir / f"{stem}.json"
+    if saved.is_file() and json.loads(saved.read_text())["settings"] == settings:
+        return json.loads(saved.read_text())
+    sde = VESDE()
+    bases = load_bases(config, models, how.get("energy"), sde, device)
+    draw = sampler_of(how, bases, sde, device, config)
+    generator = torch.Generator(device=device).manual_seed(config["SEED"])
+    batches, extra, started = [], [], time.perf_counter()
+    for start in tqdm(range(0, config["NUM_SAMPLES"], config["BATCH_SIZE"]), desc=stem, leave=False):
+        x, evaluations, stats = draw(min(config["BATCH_SIZE"], config["NUM_SAMPLES"] - start), generator)
+        batches.append(x.clamp(0.0, 1.0).cpu())
+        extra.append(stats)
+    seconds = time.perf_counter() - started
+    samples = torch.cat(batches)
+    target, kind = target_of(models, operator, how)
+    metrics = composition_metrics(sample_cells(predict(oracle, samples)), target, seed=config["SEED"])
+    row = {"suite": suite, "method": method, "settings": settings, "target_kind": kind,
+           "target": {cell_name(cell): share for cell, share in target.items()},
+           "score_evaluations_per_sample": evaluations,
+           "seconds_per_sample": seconds / len(samples), "device": str(device),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+           **{key: [stats[key] for stats in extra] for key in (extra[0] if extra else {})},
+           **{key: metrics[key] for key in ("support_precision", "support_precision_ci", "tv_distance",
+                                            "tv_distance_ci", "unrecognisable_share", "tv_of_exact_samples")},
+           "cells": metrics["cells"]}
+    atomic_save(samples, out_dir / f"{stem}.pt")
+    save_image_grid(samples[:64], out_dir / f"{stem}.png")
+    saved.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def percent(value, interval):
+    return f"{100 * value:.1f}% ({100 * interval[0]:.1f}–{100 * interval[1]:.1f})"
+
+
+def table(rows, link_prefix=""):
+    """The rows as a Markdown table; grids linked under `link_prefix`."""
+    lines = ["| models | method | target | support precision (95% CI) | TV to target (95% CI) | unrecognisable "
+             "| score evaluations / sample | seconds / sample | grid |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        kind = row["target_kind"].replace("|", "\\|")  # a bare | would end the table cell
+        note = (f", acceptance {sum(row['acceptance_rate']) / len(row['acceptance_rate']):.2f}"
+                if "acceptance_rate" in row else
+                f", {sum(row['resamplings']) / len(row['resamplings']):.0f} resamplings" if "resamplings" in row else "")
+        lines.append(f"| {'/'.join(row['settings']['models'])} | {row['method']}{note} | {kind} "
+                     f"| {percent(row['support_precision'], row['support_precision_ci'])} "
+                     f"| {row['tv_distance']:.3f} ({row['tv_distance_ci'][0]:.3f}–{row['tv_distance_ci'][1]:.3f}) "
+                     f"| {100 * row['unrecognisable_share']:.1f}% | {row['score_evaluations_per_sample']} "
+                     f"| {row['seconds_per_sample']:.3f} | [png]({link_prefix}{row['suite']}_{row['method']}.png) |")
+    machine = {(row["device"], row["cpu_capability"], row["threads"]) for row in rows}
+    lines.append("")
+    lines.append("Measured on " + "; ".join(f"{device} ({capability}, {threads} threads)"
+                                            for device, capability, threads in sorted(machine)) + ".")
+    return "\n".join(lines)
+
+
+def plot_bars(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{row['suite']}\n{row['method']}" for row in rows]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.6 * len(rows)), 7), sharex=True)
+    for ax, key, name in ((axes[0], "tv_distance", "TV to target"), (axes[1], "support_precision",
+                                                                         "support precision")):
+        values = [row[key] for row in rows]
+        low = [row[key] - row[f"{key}_ci"][0] for row in rows]
+        high = [row[f"{key}_ci"][1] - row[key] for row in rows]
+        colours = ["tab:red" if row["method"].startswith("sculpting") else "tab:blue" for row in rows]
+        ax.bar(range(len(rows)), values, yerr=[low, high], color=colours, capsize=2)
+        ax.set_ylabel(name)
+    axes[1].set_xticks(range(len(rows)), labels, rotation=90, fontsize=7)
+    axes[0].set_title("operators against their targets (red: sculpting; bars: 95% bootstrap CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def selected_rows(only):
+    pattern = re.compile(only) if only else None
+    rows = [(suite, method, operator, how) for suite, (_, methods) in SUITES.items()
+            for method, operator, how in methods if pattern is None or pattern.fullmatch(f"{suite}/{method}")]
+    if not rows:
+        raise UserError(f"--only {only!r} matches no row; rows are named suite/method, e.g. M1_M2/fkc-smc")
+    return rows
+
+
+def main(argv=None):
+    config = configure(globals(), argv)
+    out_dir = ensure_writable_dir(config["OUT_DIR"])
+    rows = selected_rows(config["ONLY"])
+    if config["PLOT_ONLY"]:
+        results = [json.loads((out_dir / f"{suite}_{method}.json").read_text()) for suite, method, _, _ in rows
+                   if (out_dir / f"{suite}_{method}.json").is_file()]
+    else:
+        device = get_device(config["DEVICE"])
+        oracle = load_oracle(ORACLE_CHECKPOINT, device)
+        results = [run_row(config, *row, oracle, device, out_dir) for row in tqdm(rows, desc="rows")]
+    if not results:
+        raise UserError(f"{out_dir} holds no rows yet; run without --plot-only first")
+    (out_dir / "operators.md").write_text(table(results) + "\n")
+    plot_bars(results, out_dir / "operators.png")
+    if out_dir.resolve() == (REPO / OUT_DIR).resolve() and not config["ONLY"]:  # the committed table: README's too
+        update_markers(REPO / "README.md", "operators", table(results, f"{OUT_DIR}/"))
+    print((out_dir / "operators.md").read_text())
+
+
+if __name__ == "__main__":
+    run_main(main)
