@@ -58,10 +58,12 @@ def load_state_dict_file(path, made_by: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; create it with {made_by} or pass its path")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: empty file; recreate it with {made_by}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or non-torch file
-        raise UserError(f"cannot read checkpoint {path}: {error}") from None
+        raise UserError(f"cannot read checkpoint {path}: {error or type(error).__name__}") from None
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a state_dict")
     return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}

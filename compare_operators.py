@@ -126,7 +126,7 @@ def target_of(models, operator, how):
 def settings_of(how, config) -> dict:
     """What a row's sampler is, as its .json records it (and a rerun compares)."""
     if "sculpt" in how or "sum" in how:
-        out = {**HEUN.settings(), "energy_models": bool(how.get("energy"))}
+        out = {**HEUN.settings(), **({"energy_models": True} if how.get("energy") else {})}
         if how.get("sum") == "not":
             out["negation_weight"] = how["weight"]
         if "sculpt" in how:
@@ -184,7 +184,8 @@ def sampler_of(how, bases, sde, device, config):
         def smc(size, generator):
             x, stats = fkc_product_sampler(bases, sde, batch_size=size, num_steps=config["EM_STEPS"], device=device,
                                            generator=generator, progress=False)
-            return x, stats["score_evaluations_per_sample"], {"resamplings": stats["resamplings"]}
+            return x, stats["score_evaluations_per_sample"], {key: stats[key] for key in ("resamplings",
+                                                                                       "distinct_ancestors")}
         return smc
 
     def superdiff(size, generator):
@@ -244,7 +245,8 @@ def table(rows, link_prefix=""):
         kind = row["target_kind"].replace("|", "\\|")  # a bare | would end the table cell
         note = (f", acceptance {sum(row['acceptance_rate']) / len(row['acceptance_rate']):.2f}"
                 if "acceptance_rate" in row else
-                f", {sum(row['resamplings']) / len(row['resamplings']):.0f} resamplings" if "resamplings" in row else "")
+                f", {sum(row['resamplings']) / len(row['resamplings']):.0f} resamplings, "
+                f"{sum(row['distinct_ancestors'])} lineages" if "resamplings" in row else "")
         lines.append(f"| {'/'.join(row['settings']['models'])} | {row['method']}{note} | {kind} "
                      f"| {percent(row['support_precision'], row['support_precision_ci'])} "
                      f"| {row['tv_distance']:.3f} ({row['tv_distance_ci'][0]:.3f}–{row['tv_distance_ci'][1]:.3f}) "

@@ -38,7 +38,9 @@ def systematic_resample(log_weights, generator=None):
 def fkc_product_sampler(score_models, sde, weights=None, batch_size=64, num_steps=100, ess_threshold=0.5,
                         sigma_min=0.05, rho=7.0, denoise_last_step=True, shape=None, device="cpu", generator=None,
                         progress=True):
-    """SMC for prod_i p_i^w_i; returns (x, {"resamplings", "score_evaluations_per_sample", "final_ess"}).
+    """SMC for prod_i p_i^w_i; returns (x, {"resamplings", "final_ess", "distinct_ancestors",
+    "score_evaluations_per_sample"}); distinct_ancestors counts the particles of the first step that still have
+    descendants at the end (resampling copies particles: fewer lineages than samples).
 
     One evaluation of every model per grid time (the last one feeds the final denoising step when
     `denoise_last_step`); the batch is the particle population.
@@ -53,7 +55,7 @@ def fkc_product_sampler(score_models, sde, weights=None, batch_size=64, num_step
     times, variance_steps = reverse_sde_grid(sde, num_steps, sigma_min, rho, device)
     x = torch.randn((batch_size, *shape), generator=generator, device=device) * sde.prior_std()
     log_w = torch.zeros(batch_size, device=device, dtype=torch.float64)
-    resamplings = 0
+    resamplings, ancestors = 0, torch.arange(batch_size, device=device)
     for step in tqdm(range(num_steps), desc="FKC SMC", disable=not progress, leave=False):
         t_batch = times[step].expand(batch_size)
         scores = [w * model(x, t_batch) for w, model in zip(weights, score_models)]  # w_i s_i
@@ -66,12 +68,13 @@ def fkc_product_sampler(score_models, sde, weights=None, batch_size=64, num_step
         log_w = log_w + (0.5 * dv * cross).double()
         if effective_sample_size(log_w) < ess_threshold * batch_size:
             index = systematic_resample(log_w, generator)
-            x, drift, log_w = x[index], drift[index], torch.zeros_like(log_w)
+            x, drift, log_w, ancestors = x[index], drift[index], torch.zeros_like(log_w), ancestors[index]
             resamplings += 1
         x = x + dv * drift + math.sqrt(dv) * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
     final_ess = effective_sample_size(log_w)
     index = systematic_resample(log_w, generator)
-    x, drift = x[index], drift[index]
+    x, drift, ancestors = x[index], drift[index], ancestors[index]
     if denoise_last_step:  # Tweedie's step at sigma_min
         x = x + sde.marginal_prob_std(times[-1]).to(x) ** 2 * drift
-    return x, {"resamplings": resamplings, "final_ess": final_ess, "score_evaluations_per_sample": num_steps}
+    return x, {"resamplings": resamplings, "final_ess": final_ess,
+               "distinct_ancestors": len(torch.unique(ancestors)), "score_evaluations_per_sample": num_steps}

@@ -53,6 +53,15 @@ def test_missing_checkpoint_names_the_script_that_makes_it(tmp_path):
         load_state_dict_file(tmp_path / "nope.pth", made_by="train_diffusion.py")
 
 
+@pytest.mark.parametrize("content, reason", [(b"", "empty file"), (b"not a checkpoint", "cannot read")])
+def test_unreadable_checkpoint_says_why(tmp_path, content, reason):
+    path = tmp_path / "gen_M1_ckpt_195.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=reason) as caught:
+        load_score_model(path, VESDE())
+    assert not str(caught.value).endswith(": ")
+
+
 def test_other_architecture_says_expected_and_found(tmp_path):
     path = tmp_path / "ckpt.pth"
     torch.save(small_model(in_ch=1).state_dict(), path)

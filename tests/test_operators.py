@@ -111,6 +111,7 @@ def test_fkc_smc_reaches_the_closed_form_product():
     mean_error, var_error = moment_errors(x)
     assert mean_error < 0.05 and var_error < 0.1, (mean_error, var_error)
     assert stats["resamplings"] > 0 and stats["score_evaluations_per_sample"] == 100
+    assert 1 < stats["distinct_ancestors"] < 5 * PARTICLES
 
 
 @pytest.mark.parametrize("kernel, mean_tolerance", [
