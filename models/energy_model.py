@@ -71,5 +71,6 @@ def energy_config_from_state_dict(state_dict) -> dict:
     if not is_energy_state_dict(state_dict):
         raise ValueError(f"not an energy-parameterised state_dict (no {ENERGY_MARKER!r})")
     prefix = "network."
-    config = scorenet_config_from_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    inner = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    config = scorenet_config_from_state_dict(inner)
     return {**config, "sigma_data": float(state_dict[ENERGY_MARKER])}

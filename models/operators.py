@@ -1,9 +1,10 @@
 """Training-free operators of the related systems, as score models (issue 25).
 
 Composable Diffusion (Liu et al. 2022) combines unconditional models by adding their scores: AND is
-s = sum_i w_i s_i, the score of the tempered product prod_i p_i^w_i at t = 0, and NOT, with p_1 as the unconditional model,
-(1 + w) s_1 - w s_2, the score of p_1 (p_1 / p_2)^w. At t > 0 the sum of the noised scores is not the score of the noised product:
-Reduce, Reuse, Recycle (Du et al. 2023) therefore samples the same sums with annealed MCMC
+s = sum_i w_i s_i, the score of the tempered product prod_i p_i^w_i at t = 0, and NOT, with p_1 as the
+unconditional model, (1 + w) s_1 - w s_2, the score of p_1 (p_1 / p_2)^w. At t > 0 the sum of the noised
+scores is not the score of the noised product: Reduce, Reuse, Recycle (Du et al. 2023) therefore samples the
+same sums with annealed MCMC
 (samplers/mcmc.py), and Feynman-Kac correctors reweight particles for the gap (samplers/smc.py).
 
 A ScoreSum has the interface of BinaryDiffusionComposition ((x, t) -> score, `input_channels`), so every

@@ -1,5 +1,6 @@
 """Annealed MCMC samplers (Du et al. 2023, "Reduce, Reuse, Recycle"): Euler-Maruyama steps of the reverse VE SDE on
-the Heun samplers' noise-level grid (samplers/heun_sampler.reverse_sde_grid), with MCMC steps at each grid time that target the composed density there, prod_i q_i,t for a product.
+the Heun samplers' noise-level grid (samplers/heun_sampler.reverse_sde_grid), with MCMC steps at each grid time
+that target the composed density there, prod_i q_i,t for a product.
 
 The sum of noised scores is not the score of the noised product, so the reverse SDE alone drifts away from the
 product's marginals; MCMC at every level pulls the samples back. Four kernels, by what the model provides:

@@ -1,6 +1,6 @@
 """SuperDiff's sampler (Skreta et al. 2025): Euler-Maruyama steps of the reverse VE SDE on the Heun samplers'
-noise-level grid (samplers/heun_sampler.reverse_sde_grid), each driven by the mixed score sum_i kappa_i s_i, with every model's log-density tracked by the Itô
-estimator (models/superposition.py). The weights depend on the path so far: this is a sampler, not a score model.
+noise-level grid (samplers/heun_sampler.reverse_sde_grid), each driven by the mixed score sum_i kappa_i s_i,
+with every model's log-density tracked by the Itô estimator (models/superposition.py). The weights depend on the path so far: this is a sampler, not a score model.
 """
 import math
 

@@ -154,7 +154,8 @@ def test_metropolis_kernels_keep_the_target_where_langevin_is_biased(name):
     """Chains started from exp(-E) itself stay there under MALA and HMC at a step size where ULA drifts off."""
     torch.manual_seed(3)
     # x^4 / 4 ~ Gamma(1/4, 1) under exp(-x^4 / 4): exact draws, with a random sign.
-    start = (4 * torch.distributions.Gamma(0.25, 1.0).sample((40000, 1))) ** 0.25 * torch.sign(torch.rand(40000, 1) - 0.5)
+    magnitude = (4 * torch.distributions.Gamma(0.25, 1.0).sample((40000, 1))) ** 0.25
+    start = magnitude * torch.sign(torch.rand(40000, 1) - 0.5)
     t, epsilon = torch.zeros(len(start)), 0.15
     generator = torch.Generator().manual_seed(3)
     x, acceptance = mcmc_steps(QuarticEnergy(), MCMCKernel(name, steps_per_level=30), start, t, epsilon, generator)
