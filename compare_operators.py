@@ -173,10 +173,10 @@ def sampler_of(how, bases, sde, device, config):
         return lambda size, generator: (HEUN.sample(model, sde, size, device=device, generator=generator,
                                                     progress=False), HEUN.evaluations_per_sample, {})
     if "mcmc" in how:
-        kernel = how["mcmc"]
+        kernel, product = how["mcmc"], product_of_experts(bases)
 
         def mcmc(size, generator):
-            x, stats = annealed_mcmc_sampler(product_of_experts(bases), sde, kernel, size, MCMC_LEVELS[kernel.name],
+            x, stats = annealed_mcmc_sampler(product, sde, kernel, size, MCMC_LEVELS[kernel.name],
                                              device=device, generator=generator, progress=False)
             return x, stats["score_evaluations_per_sample"], {k: v for k, v in stats.items() if k == "acceptance_rate"}
         return mcmc

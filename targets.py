@@ -125,7 +125,7 @@ def operator_target(models, operator, mixture_weights=None, root=DATA_ROOT) -> d
         raise UserError(f"mixture weights need one non-negative weight per model ({len(models)}), got {omega}")
     counts = digit_counts(root)
     image_density = {
-        "mixture": lambda d: sum(w * di for w, di in zip(omega, d)) / sum(omega),
+        "mixture": lambda d: sum(w * di for w, di in zip(omega, d)),
         "product": lambda d: float(all(d)),
         "negation": lambda d: d[0] * float(not any(d[1:])),
     }[operator]

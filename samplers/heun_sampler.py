@@ -42,6 +42,11 @@ def reverse_sde_grid(sde, num_steps, sigma_min=None, rho=7.0, device=None):
     return times, sigmas[:-1] ** 2 - sigmas[1:] ** 2
 
 
+def reverse_sde_noise(x, variance_step, generator=None):
+    """The noise of one reverse-SDE step of `reverse_sde_grid`: sqrt(dv) z, z ~ N(0, I) shaped like x."""
+    return math.sqrt(variance_step) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
 def heun_evaluations(num_steps, denoise_last_step):
     """Score evaluations per sample: two per Heun step between levels, one for the final denoising step."""
     return 2 * (num_steps - 1) + int(denoise_last_step)

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.energy_model import has_energy
-from samplers.heun_sampler import reverse_sde_grid
+from samplers.heun_sampler import reverse_sde_grid, reverse_sde_noise
 from samplers.pc_sampler import IMAGE_SIZE
 
 KERNELS = ("ula", "uhmc", "mala", "hmc")
@@ -182,7 +182,7 @@ def annealed_mcmc_sampler(model, sde, kernel=MCMCKernel(), batch_size=64, num_st
     for i in tqdm(range(num_steps - 1), desc=f"annealed {kernel.name}", disable=not progress, leave=False):
         # Reverse-SDE (Euler-Maruyama) step from grid[i] to grid[i + 1], with the score at (x, grid[i]).
         dv = float(variance_steps[i])
-        x = x + dv * score + math.sqrt(dv) * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        x = x + dv * score + reverse_sde_noise(x, dv, generator)
         # MCMC at the new level, targeting the composed density at grid[i + 1]; the chain ends holding the score
         # of its last state, which the next reverse step (at the same time) uses.
         t_next = grid[i + 1].expand(batch_size)

@@ -11,12 +11,10 @@ up to a constant shared by all particles; g^2 dt is the variance dv each step of
 particle count, the particles are resampled (systematic resampling) and their weights reset; at the end they are
 resampled once more, so that the returned batch is an equally weighted sample.
 """
-import math
-
 import torch
 from tqdm.auto import tqdm
 
-from samplers.heun_sampler import reverse_sde_grid
+from samplers.heun_sampler import reverse_sde_grid, reverse_sde_noise
 from samplers.pc_sampler import IMAGE_SIZE
 
 
@@ -70,7 +68,7 @@ def fkc_product_sampler(score_models, sde, weights=None, batch_size=64, num_step
             index = systematic_resample(log_w, generator)
             x, drift, log_w, ancestors = x[index], drift[index], torch.zeros_like(log_w), ancestors[index]
             resamplings += 1
-        x = x + dv * drift + math.sqrt(dv) * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        x = x + dv * drift + reverse_sde_noise(x, dv, generator)
     final_ess = effective_sample_size(log_w)
     index = systematic_resample(log_w, generator)
     x, drift, ancestors = x[index], drift[index], ancestors[index]

@@ -1,14 +1,13 @@
 """SuperDiff's sampler (Skreta et al. 2025): Euler-Maruyama steps of the reverse VE SDE on the Heun samplers'
 noise-level grid (samplers/heun_sampler.reverse_sde_grid), each driven by the mixed score sum_i kappa_i s_i,
-with every model's log-density tracked by the Itô estimator (models/superposition.py). The weights depend on the path so far: this is a sampler, not a score model.
+with every model's log-density tracked by the Itô estimator (models/superposition.py). The weights depend on
+the path so far: this is a sampler, not a score model.
 """
-import math
-
 import torch
 from tqdm.auto import tqdm
 
 from models.superposition import and_weights, ito_log_density_increment, or_weights
-from samplers.heun_sampler import reverse_sde_grid
+from samplers.heun_sampler import reverse_sde_grid, reverse_sde_noise
 from samplers.pc_sampler import IMAGE_SIZE
 
 SUPERDIFF_MODES = ("or", "and")
@@ -42,7 +41,7 @@ def superdiff_sampler(score_models, sde, mode="or", mixture_weights=None, batch_
         scores = [model(x, t_batch) for model in score_models]
         last = step == num_steps - 1
         dv = float(variance_steps[step]) if not last else 0.0
-        noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype) * math.sqrt(dv)
+        noise = reverse_sde_noise(x, dv, generator)  # drawn first: AND's weights depend on it
         kappa = or_weights(log_q, log_omega) if mode == "or" else and_weights(log_q, scores, dv, noise)
         mixed = sum(kappa[:, i].view(-1, *([1] * (x.dim() - 1))) * s for i, s in enumerate(scores))
         if last:
