@@ -18,6 +18,7 @@ reference resamples them at every test) and run the classifier in eval mode.
 """
 import copy
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from artefacts import (accuracy_plot, base_model_path, classifier_checkpoint, classifier_checkpoints_glob,
-                       test_history)
-from checkpoints import atomic_save, ensure_writable_dir, load_score_model
-from cli import configure
+                       numbered_files, provenance_sidecar, test_history)
+from checkpoints import (atomic_write_text, classifier_provenance, ensure_writable_dir, load_score_model,
+                         refuse_shipped, remove_files, write_provenance)
+from cli import configure, flag_name
 from custom_datasets import BASE_DATASETS
 from errors import UserError
 from losses import (JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, conditional_classifier_loss, conditional_keep_prob,
@@ -42,6 +44,8 @@ from runtime import get_device, seed_everything
 from samplers import Sampler
 from sampling_scripts import precision_for, sampler_from_config
 from sde import VESDE
+from stopping import StopRequests, TrainingStopped
+from training import save_weights
 
 # Test metrics are averaged over these bands of t; the last band includes t = 1.
 TIME_BANDS = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
@@ -59,22 +63,63 @@ def parse_config(namespace, argv=None):
                         f"a minibatch is drawn from the pool, so pass a batch size <= the pool size")
     if len(config["CLASSIFIER_CHANNELS"]) != 2:
         raise UserError(f"--classifier-channels needs 2 values, got {config['CLASSIFIER_CHANNELS']}")
+    refuse_repeated_base_models(config)
     return config
+
+
+def refuse_repeated_base_models(config):
+    """A classifier learns which base model drew a sample: a model named twice gives two labels of one distribution,
+    which no classifier can tell apart (training would run for hours towards a meaningless one)."""
+    first_flag_of = {}
+    for name, model in config.items():
+        if not re.fullmatch(r"GEN_IDX_\d+", name):
+            continue
+        if model in first_flag_of:
+            raise UserError(f"{first_flag_of[model]} and {flag_name(name)} name the same model {model}; a classifier "
+                            f"separates different models")
+        first_flag_of[model] = flag_name(name)
 
 
 def checkpoint_path(config, step):
     return Path(config["CKPT_DIR"]) / classifier_checkpoint(config["CLASSIFIER_NAME"], step)
 
 
+def saves_checkpoint(config, step):
+    return step % config["CKPT_EVERY"] == 0 or step == config["STEPS"]
+
+
+def run_files(config):
+    """This run's files in CKPT_DIR: those an earlier run of CLASSIFIER_NAME left, which --overwrite removes, and
+    those it writes; none may be shipped."""
+    folder, name = Path(config["CKPT_DIR"]), config["CLASSIFIER_NAME"]
+    extras = [folder / test_history(name), folder / accuracy_plot(name)]
+    earlier = numbered_files(folder, classifier_checkpoints_glob(name))
+    planned = [checkpoint_path(config, step) for step in range(1, config["STEPS"] + 1)
+               if saves_checkpoint(config, step)]
+    return [*with_sidecars(earlier), *extras], [*with_sidecars(planned), *extras]
+
+
+def with_sidecars(checkpoints):
+    return [path for checkpoint in checkpoints for path in (checkpoint, provenance_sidecar(checkpoint))]
+
+
 def start_run(config):
-    """Check that CKPT_DIR is writable and holds no earlier run of this name (unless --overwrite), seed; the device."""
+    """Check that CKPT_DIR is writable and holds no earlier run of this name (--overwrite: remove its files), seed;
+    the device."""
     ckpt_dir = ensure_writable_dir(config["CKPT_DIR"])
-    existing = classifier_checkpoints_glob(config["CLASSIFIER_NAME"])
-    if not config["OVERWRITE"] and any(ckpt_dir.glob(existing)):
-        raise UserError(f"{ckpt_dir} already holds {existing}; pass --overwrite to "
-                        f"replace them or --classifier-name to train another classifier beside them")
+    earlier, planned = run_files(config)
+    refuse_shipped([*earlier, *planned], "choose another --ckpt-dir")
+    if not config["OVERWRITE"] and any(path.exists() for path in earlier):
+        raise UserError(f"{ckpt_dir} already holds a run of {config['CLASSIFIER_NAME']}; pass --overwrite to "
+                        f"replace it or --classifier-name to train another classifier beside it")
+    remove_files(earlier, "choose another --ckpt-dir")
     seed_everything(config["SEED"])
     return get_device(config["DEVICE"])
+
+
+def base_model_files(config, gen_idxs):
+    """[(GEN_IDX, its checkpoint GEN_CKPT_DIR/gen_{g}_ckpt_{GEN_CKPT_EPOCH}.pth)]: what the classifier trains on."""
+    return [(g, base_model_path(config["GEN_CKPT_DIR"], g, config["GEN_CKPT_EPOCH"])) for g in gen_idxs]
 
 
 def load_base_models(config, gen_idxs, sde, device):
@@ -82,8 +127,8 @@ def load_base_models(config, gen_idxs, sde, device):
     channels = {BASE_DATASETS[g][0] for g in gen_idxs}
     if len(channels) > 1:
         raise UserError(f"base models {', '.join(gen_idxs)} mix grey and coloured datasets; compose models of one kind")
-    return [load_score_model(base_model_path(config["GEN_CKPT_DIR"], g, config["GEN_CKPT_EPOCH"]), sde, device,
-                             input_channels=BASE_DATASETS[g][0]) for g in gen_idxs]
+    return [load_score_model(path, sde, device, input_channels=BASE_DATASETS[g][0])
+            for g, path in base_model_files(config, gen_idxs)]
 
 
 def build_classifier(classifier_class, config, input_channels, device):
@@ -323,10 +368,11 @@ def make_tester(config, classifier, predict, test, targets, source_names):
 
 # ---- the optimizer loop ----
 
-def fit(config, classifier, training_loss, run_test, counters=None):
+def fit(config, classifier, training_loss, run_test, provenance, counters=None):
     """Adadelta (with a per-step StepLR when LR_DECAY < 1) for STEPS steps; a test before training and every
-    TEST_EVERY steps; a checkpoint (plain state_dict) every CKPT_EVERY steps and after the last.
-    `training_loss(step)` (1-based) returns (loss, {name: float}).
+    TEST_EVERY steps; a checkpoint (plain state_dict, with `provenance` in its sidecar) every CKPT_EVERY steps and
+    after the last. `training_loss(step)` (1-based) returns (loss, {name: float}). SIGINT or SIGTERM stops at the
+    end of the step, saving a checkpoint of it (training does not resume: optimizer and pool are not saved).
 
     Returns the history of tests: [{"step", "train_seconds" (wall time of the training steps so far, tests
     excluded), "result", **counters()}], also written after every test to <CKPT_DIR>/<CLASSIFIER_NAME>_tests.json
@@ -337,33 +383,43 @@ def fit(config, classifier, training_loss, run_test, counters=None):
     def record(step, result):
         history.append({"step": step, "train_seconds": train_seconds, "result": result,
                         **(counters() if counters else {})})
-        history_path.write_text(json.dumps([
+        atomic_write_text(history_path, json.dumps([
             {**{k: v for k, v in entry.items() if k != "result"}, "times": entry["result"].times.tolist(),
              "accuracy": entry["result"].accuracy.tolist()} for entry in history]) + "\n")
+
+    def save(step):
+        path = checkpoint_path(config, step)
+        save_weights(classifier, path)
+        write_provenance(path, provenance)
+        return path
 
     optimizer = torch.optim.Adadelta(classifier.parameters(), lr=config["LR"])
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config["LR_DECAY"])
                  if config["LR_DECAY"] < 1.0 else None)
     record(0, run_test(0))
-    progress = tqdm(range(1, config["STEPS"] + 1), desc=f"train {config['CLASSIFIER_NAME']}")
-    for step in progress:
-        started = time.perf_counter()
-        classifier.train()
-        loss, parts = training_loss(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        train_seconds += time.perf_counter() - started
-        progress.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.4f}" for k, v in parts.items()})
-        last = step == config["STEPS"]
-        if step % config["TEST_EVERY"] == 0 or last:
-            record(step, run_test(step))
-        if step % config["CKPT_EVERY"] == 0 or last:
-            atomic_save({k: v.detach().cpu() for k, v in classifier.state_dict().items()},
-                        checkpoint_path(config, step))
-    progress.close()
+    with StopRequests() as stop, tqdm(range(1, config["STEPS"] + 1), desc=f"train {config['CLASSIFIER_NAME']}") \
+            as progress:  # closed also by an exception: the bar is not drawn again below the error line
+        for step in progress:
+            started = time.perf_counter()
+            classifier.train()
+            loss, parts = training_loss(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            train_seconds += time.perf_counter() - started
+            progress.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.4f}" for k, v in parts.items()})
+            last = step == config["STEPS"]
+            if step % config["TEST_EVERY"] == 0 or last:
+                record(step, run_test(step))
+            if saves_checkpoint(config, step) or (stop.requested and not last):
+                saved = save(step)
+            if stop.requested and not last:
+                raise TrainingStopped(
+                    f"stopped at step {step} of {config['STEPS']} ({stop.requested}); the classifier so far is saved "
+                    f"to {saved}; classifier training cannot resume (its optimizer state and trajectory pool are "
+                    f"not saved): rerun with --overwrite to start over")
     print(f"saved {checkpoint_path(config, config['STEPS'])}")
     return history
 
@@ -392,6 +448,7 @@ def train_joint_classifier(config, gen_idxs, classifier_class):
     device = start_run(config)
     sde = VESDE()
     score_models = load_base_models(config, gen_idxs, sde, device)
+    provenance = classifier_provenance(base_model_files(config, gen_idxs))
     classifier = build_classifier(classifier_class, config, score_models[0].input_channels, device)
     draw_generator = torch.Generator().manual_seed(config["SEED"])
     sample = trajectory_sampler(score_models, config, sde, device)
@@ -412,4 +469,5 @@ def train_joint_classifier(config, gen_idxs, classifier_class):
 
     run_test = make_tester(config, classifier, lambda x, t, _: marginal_log_probs(classifier(x, t)), test,
                            F.one_hot(test.sources, len(gen_idxs)).float(), list(gen_idxs))
-    return fit(config, classifier, training_loss, run_test, counters=lambda: {"pool_refreshes": pool.refreshes})
+    return fit(config, classifier, training_loss, run_test, provenance,
+               counters=lambda: {"pool_refreshes": pool.refreshes})

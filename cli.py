@@ -9,6 +9,7 @@ its constraint and, where the script has no comment of its own, its help.
 import argparse
 import ast
 import io
+import math
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from images import PALETTES
 from models import fast_paths
 from models.fast_paths import PRECISION_CHOICES
 from recipes import PRESETS, SCALES
+from runtime import use_threads
 from samplers import SAMPLERS
 
 REPO = Path(__file__).resolve().parent
@@ -40,6 +42,19 @@ POSITIVE = Check(lambda value: value > 0, "positive")
 NON_NEGATIVE = Check(lambda value: value >= 0, ">= 0")
 UP_TO_ONE = Check(lambda value: 0 < value <= 1, "in (0, 1]")
 BELOW_ONE = Check(lambda value: 0 < value < 1, "in (0, 1)")
+FRACTION = Check(lambda value: 0 <= value < 1, "in [0, 1)")
+GRID_STEPS = Check(lambda value: value >= 2, "at least 2 steps (a grid from the prior to the data)")
+
+
+def _compiles(pattern) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
+REGEX = Check(_compiles, "a regular expression")
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,8 @@ class Known:
     type: type = None  # of a setting whose default is None (unset); else the default's type
 
 
-# The names several scripts share (a numbered name such as GEN_IDX_2 or GUIDANCE_3 is its base name's).
+# The names several scripts share (a numbered name such as GEN_IDX_2 or GUIDANCE_3 is its base name's), and the
+# checks of a few names of one script.
 KNOWN = {
     # what is sampled, and from which checkpoints
     "GEN_IDX": Known("base model, by the name of its dataset", choices=tuple(BASE_DATASETS)),
@@ -66,8 +82,9 @@ KNOWN = {
     # the sampler
     "SAMPLER": Known("pc: the reference's predictor-corrector; heun: the probability-flow ODE; heun-churn: "
                      "the stochastic Heun sampler (both need far fewer steps)", choices=SAMPLERS),
-    "NUM_STEPS": Known("sampler steps (pc: grid times; heun, heun-churn: noise levels)", POSITIVE, type=int),
-    "TRAJECTORY_STEPS": Known("sampler steps of each trajectory (pc: grid times; heun*: noise levels)", POSITIVE),
+    "NUM_STEPS": Known("sampler steps (pc: grid times; heun, heun-churn: noise levels)", GRID_STEPS, type=int),
+    "TRAJECTORY_STEPS": Known("sampler steps of each trajectory (pc: grid times; heun*: noise levels)", GRID_STEPS),
+    "EM_STEPS": Known("Euler-Maruyama steps of the reverse SDE", GRID_STEPS),
     "SNR": Known("pc: the Langevin corrector's signal-to-noise ratio", POSITIVE),
     "SIGMA_MIN": Known("heun, heun-churn: the last noise level of the grid"),
     "CHURN": Known("heun-churn: the noise each step adds back (EDM's S_churn)"),
@@ -97,7 +114,7 @@ KNOWN = {
     "POOL_SIZE": Known("trajectories per source sampled at once (reference: = BATCH_SIZE)", POSITIVE),
     "POOL_REUSE": Known("optimizer steps served by one pool before it is resampled (reference: 1)", POSITIVE),
     "TARGET_UPDATE_EVERY": Known("copy the bootstrap target before every this many steps", POSITIVE),
-    "TERMINAL_LOSS_SCALE": Known("weight of the terminal cross-entropy"),
+    "TERMINAL_LOSS_SCALE": Known("weight of the terminal cross-entropy", NON_NEGATIVE),
     "TEST_EVERY": Known("test every this many steps", POSITIVE),
     "TEST_SAMPLES": Known("test trajectories per source, sampled once at the start", POSITIVE),
     "TEST_STEP_STRIDE": Known("the test scores every this many grid steps and the terminal state", POSITIVE),
@@ -109,6 +126,14 @@ KNOWN = {
     "PRESET": Known("a named set of these settings (recipes.PRESETS); explicit flags still win",
                     choices=tuple(PRESETS)),
     "TRAIN_SUBSET": Known("train on this many randomly chosen images; 0 = the whole dataset", NON_NEGATIVE),
+    # the oracle's training (train_oracle.py; its comments give the help)
+    "WEIGHT_DECAY": Known(check=NON_NEGATIVE),
+    "JUNK_FRACTION": Known(check=NON_NEGATIVE),
+    "MAX_ROTATION_DEG": Known(check=NON_NEGATIVE),
+    "MAX_SHIFT_PX": Known(check=NON_NEGATIVE),
+    "MAX_SCALE_CHANGE": Known(check=FRACTION),
+    "MAX_NOISE_STD": Known(check=NON_NEGATIVE),
+    "TEST_NOISE_STD": Known(check=NON_NEGATIVE),
     # evaluation
     "SAMPLES": Known("samples .pt written by a sample_*.py script"),
     "ORACLE": Known("checkpoint of the oracle that reads each sample's digit and colour"),
@@ -121,14 +146,18 @@ KNOWN = {
     # the run
     "SCALE": Known("the named scale of every stage's settings (recipes.SCALES)", choices=tuple(SCALES)),
     "JOBS": Known("stages run in parallel, each with cpu_count // JOBS threads; none: the scale's", POSITIVE, type=int),
-    "ONLY": Known("a regular expression: run only what its name matches"),
+    "ONLY": Known("a regular expression: run only what its name matches", REGEX),
     "SEED": Known("seed of every random generator: the same seed gives the same outputs", NON_NEGATIVE),
     "DEVICE": Known("auto: cuda, then mps, then cpu; or a torch device such as cpu or cuda:1"),
     "DATA_ROOT": Known("folder MNIST is read from (and written to if missing)"),
     "OUT_DIR": Known("folder the outputs are written to"),
     "PLOT_ONLY": Known("redraw the outputs from the results already in OUT_DIR, without measuring"),
     "REPEATS": Known("each time is the fastest of this many runs", POSITIVE),
-    "THREADS": Known("torch threads; 0 = torch's default", NON_NEGATIVE),
+    # joint diffusion (train_joint_diffusion.py, sample_joint_diffusion.py)
+    "CLASSIFIER_LOSS_SCALING": Known("weight of the joint model's classification loss", NON_NEGATIVE),
+    "SAMPLING_LR": Known("step size alpha of the guidance by a joint model's head; 0 = unguided", NON_NEGATIVE),
+    "THREADS": Known("torch's CPU threads; 0 = torch's default, one per core (1 where another job shares a 2-core "
+                     "machine: README, Performance)", NON_NEGATIVE),
     "TRAIN_BATCH": Known("images per training step", POSITIVE),
     "SAMPLE_BATCH": Known("samples per sampling batch", POSITIVE),
     "SAMPLE_STEPS": Known("sampler steps timed", POSITIVE),
@@ -200,7 +229,7 @@ def configure(namespace, argv=None, exclude=(), positional=(), defaults=None, ch
     argument. `choices` gives the allowed values of names of this script alone (KNOWN has the shared ones').
     A setting's type follows its default (or KNOWN's type where the default is None): bool ->
     --x/--no-x, list/tuple -> one or more values of the first element's type, str or None -> a string, where
-    "none" gives None.
+    "none" gives None. Every float must be finite. A THREADS setting takes effect here (runtime.use_threads).
     """
     helps = setting_help(namespace, exclude)
     values = {name: namespace[name] for name in helps}
@@ -232,11 +261,16 @@ def configure(namespace, argv=None, exclude=(), positional=(), defaults=None, ch
             value = getattr(args, f"{name.lower()}_positional")
         if isinstance(values[name], tuple) and isinstance(value, list):
             value = tuple(value)
+        items = value if _is_list(value) else [value]
+        # argparse's float() takes "nan" and "inf" (and 1e999 overflows to inf): no setting means either
+        if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+            raise UserError(f"{flag_name(name)} must be a finite number, got {value}")
         check = known(name).check
-        if check is not None and value is not None and \
-                not all(check.holds(item) for item in (value if _is_list(value) else [value])):
+        if check is not None and value is not None and not all(check.holds(item) for item in items):
             raise UserError(f"{flag_name(name)} must be {check.requirement}, got {value}")
         config[name] = value
+    if "THREADS" in config:
+        use_threads(config["THREADS"])
     return config
 
 

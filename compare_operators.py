@@ -28,22 +28,23 @@ from tqdm.auto import tqdm
 
 from artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, ORACLE_CHECKPOINT, REFERENCE_EPOCH,
                        THREE_WAY_CLASSIFIER, base_model_path, energy_model_name, reference_classifier_checkpoint)
-from checkpoints import atomic_save, ensure_writable_dir, load_classifier, load_energy_model, load_oracle, \
-    load_score_model
+from checkpoints import (atomic_save, check_composition_provenance, ensure_writable_dir, load_classifier,
+                         load_energy_model, load_oracle, load_score_model)
 from cli import configure, run_main
-from custom_datasets import dataset_spec
+from custom_datasets import cell_name, dataset_spec
 from errors import UserError
-from evaluation import composition_metrics, sample_cells
+from evaluation import composition_metrics, percent, sample_cells
 from images import save_image_grid
 from models.classifier_model import JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
 from models.operators import negation, product_of_experts
 from models.oracle import predict
+from recipes import CPU_SAMPLER
 from reproduction.report import update_markers
 from runtime import get_device
-from samplers import MCMCKernel, Sampler, annealed_mcmc_sampler, fkc_product_sampler, superdiff_sampler
+from samplers import MCMCKernel, annealed_mcmc_sampler, fkc_product_sampler, superdiff_sampler
 from sde import VESDE
-from targets import OPERATOR_TARGETS, cell_name, operator_target, target_distribution
+from targets import OPERATOR_TARGETS, operator_target, target_distribution
 
 REPO = Path(__file__).resolve().parent
 
@@ -56,11 +57,13 @@ ENERGY_CKPT_EPOCH = 11  # the epoch of those checkpoints (the cpu preset trains 
 ONLY = None
 SEED = 0
 DEVICE = "auto"
+THREADS = 0
 OUT_DIR = "results/operators"
 PLOT_ONLY = False
+FORCE = False  # sculpt with classifiers trained on other base models than GEN_CKPT_DIR's (each row's .json records it)
 
 # Every system at ~100 composed-score evaluations per sample.
-HEUN = Sampler("heun-churn", 40, denoise_last_step=True, sigma_min=0.05, churn=40.0)  # the cpu recipe's: 79
+HEUN = CPU_SAMPLER  # the cpu recipe's: 79 score evaluations per sample
 EM_STEPS = 100  # fkc-smc, superdiff: Euler-Maruyama steps of the reverse SDE, one evaluation each
 ULA = MCMCKernel("ula", steps_per_level=2, step_size=0.05)  # 34 levels: 1 + 33 (1 + 2) = 100
 UHMC = MCMCKernel("uhmc", steps_per_level=1, step_size=0.05, leapfrog_steps=3, damping=0.9)  # 26 levels: 101
@@ -153,10 +156,22 @@ def load_bases(config, models, energy, sde, device):
                              input_channels=dataset_spec(name)[0]) for name in models]
 
 
+def sculpting_classifiers(count):
+    """[(checkpoint, class, script that trains it)] of the classifiers that sculpt `count` models (the reference's)."""
+    return [(reference_classifier_checkpoint(name), cls, made_by) for name, cls, made_by in CLASSIFIERS[count]]
+
+
+def check_sculpting_provenance(models, config):
+    """The sculpting classifiers against GEN_CKPT_DIR's base models (check_composition_provenance)."""
+    bases = [(name, base_model_path(config["GEN_CKPT_DIR"], name, config["GEN_CKPT_EPOCH"])) for name in models]
+    return check_composition_provenance([path for path, _, _ in sculpting_classifiers(len(models))], bases,
+                                        config["FORCE"])
+
+
 def sculpting(bases, observations, device, config):
     """The composition of README's rows; no observation: the mixture, guidance 0 (the classifier's posterior mix)."""
-    classifiers = [load_classifier(reference_classifier_checkpoint(name), cls, device, made_by)
-                   for name, cls, made_by in CLASSIFIERS[len(bases)]]
+    classifiers = [load_classifier(path, cls, device, made_by)
+                   for path, cls, made_by in sculpting_classifiers(len(bases))]
     y_1, y_2 = observations[:2] if observations else (1, 1)
     scales = config["GUIDANCE_3WAY"] if len(observations) == 3 else [config["GUIDANCE"] if observations else 0.0]
     composition = BinaryDiffusionComposition(bases, classifiers[0], y_1, y_2, scales[0])
@@ -208,6 +223,7 @@ def run_row(config, suite, method, operator, how, oracle, device, out_dir):
     sde = VESDE()
     bases = load_bases(config, models, how.get("energy"), sde, device)
     draw = sampler_of(how, bases, sde, device, config)
+    mismatch = check_sculpting_provenance(models, config) if "sculpt" in how else None
     generator = torch.Generator(device=device).manual_seed(config["SEED"])
     batches, extra, started = [], [], time.perf_counter()
     for start in tqdm(range(0, config["NUM_SAMPLES"], config["BATCH_SIZE"]), desc=stem, leave=False):
@@ -226,15 +242,11 @@ def run_row(config, suite, method, operator, how, oracle, device, out_dir):
            **{key: [stats[key] for stats in extra] for key in (extra[0] if extra else {})},
            **{key: metrics[key] for key in ("support_precision", "support_precision_ci", "tv_distance",
                                             "tv_distance_ci", "unrecognisable_share", "tv_of_exact_samples")},
-           "cells": metrics["cells"]}
+           "cells": metrics["cells"], **({"forced": True, "provenance_mismatch": mismatch} if mismatch else {})}
     atomic_save(samples, out_dir / f"{stem}.pt")
     save_image_grid(samples[:64], out_dir / f"{stem}.png")
     saved.write_text(json.dumps(row, indent=2) + "\n")
     return row
-
-
-def percent(value, interval):
-    return f"{100 * value:.1f}% ({100 * interval[0]:.1f}–{100 * interval[1]:.1f})"
 
 
 def table(rows, link_prefix=""):

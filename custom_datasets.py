@@ -147,3 +147,89 @@ class ColouredMNIST(Dataset):
     def cell_counts(self) -> dict:
         """{(digit, colour): number of images}."""
         return {(d, c): int(((self.digits == d) & (self.colours == COLOURS.index(c))).sum()) for d, c in self.cells}
+
+
+# What a joint diffusion model's head (or a separately trained time-dependent classifier) predicts of an image.
+LABELS = ("digit", "colour", "cell", "dataset")
+
+
+def cell_name(cell) -> str:
+    """(0, "red") -> "red 0"."""
+    digit, colour = cell
+    return f"{colour} {digit}"
+
+
+class LabelledImages:
+    """The union of base datasets, every image with a label: its digit, its colour, its (digit, colour) cell, or
+    which dataset it came from (an image of a cell that several datasets share appears once per dataset).
+
+    `label_space()` is what a classifier head of these labels records; with `multi_label` (only for "cell") the
+    head predicts the digit and the colour as independent attributes. `epoch_order()` draws every dataset equally
+    often, so that a "dataset" classifier learns the posterior under a uniform prior over the datasets.
+    """
+
+    def __init__(self, gen_idxs, label, multi_label=False, root=DATA_ROOT, train=True, download=True):
+        if label not in LABELS:
+            raise UserError(f"unknown label {label!r}; choose one of {', '.join(LABELS)}")
+        if multi_label and label != "cell":
+            raise UserError("a multi-label classifier predicts a cell's digit and colour: use it with --label cell")
+        if label == "dataset" and len(gen_idxs) < 2:
+            raise UserError("--label dataset needs two or more datasets (--gen-idx M1 M2): which one an image is from")
+        if len(set(gen_idxs)) != len(gen_idxs):
+            raise UserError(f"--gen-idx names a dataset twice: {list(gen_idxs)}")
+        # checked from the names, before MNIST is read (and, where it is missing, downloaded)
+        channels = {dataset_spec(name)[0] for name in gen_idxs}
+        if len(channels) > 1:
+            raise UserError(f"datasets {list(gen_idxs)} mix grey and coloured images; train on datasets of one kind")
+        parts = [ColouredMNIST(name, root, train, download) for name in gen_idxs]
+        self.datasets, self.label, self.multi_label = [str(name) for name in gen_idxs], label, multi_label
+        self.channels = channels.pop()
+        self.images = torch.cat([part.images for part in parts])
+        self.digits = torch.cat([part.digits for part in parts])
+        self.colours = torch.cat([part.colours for part in parts])
+        self.sources = torch.cat([torch.full((len(part),), k, dtype=torch.long) for k, part in enumerate(parts)])
+        self.cells = list(dict.fromkeys(cell for part in parts for cell in part.cells))
+        self.digit_values = sorted({digit for digit, _ in self.cells})
+        self.colour_names = [c for c in COLOURS if any(colour == c for _, colour in self.cells)]
+        cell_index = {(d, COLOURS.index(c)): k for k, (d, c) in enumerate(self.cells)}
+        self.labels = {
+            "digit": torch.tensor([self.digit_values.index(int(d)) for d in self.digits]),
+            "colour": torch.tensor([self.colour_names.index(COLOURS[int(c)]) for c in self.colours]),
+            "cell": torch.tensor([cell_index[(int(d), int(c))] for d, c in zip(self.digits, self.colours)]),
+            "dataset": self.sources,
+        }[label]
+
+    def __len__(self):
+        return len(self.images)
+
+    @property
+    def class_names(self) -> list:
+        return {"digit": [str(d) for d in self.digit_values], "colour": self.colour_names,
+                "cell": [cell_name(cell) for cell in self.cells], "dataset": self.datasets}[self.label]
+
+    def label_space(self) -> dict:
+        """What a head of these labels predicts (models.joint_diffusion.LabelHead's `labels`)."""
+        space = {"label": self.label, "classes": self.class_names, "datasets": self.datasets,
+                 "multi_label": self.multi_label}
+        if self.multi_label:
+            attributes = [str(d) for d in self.digit_values] + self.colour_names
+            space.update(attributes=attributes, class_attributes=[
+                [attributes.index(str(d)), attributes.index(c)] for d, c in self.cells])
+        return space
+
+    def keep(self, indices) -> None:
+        """Keep only these images (a training subset), in place."""
+        for name in ("images", "digits", "colours", "sources", "labels"):
+            setattr(self, name, getattr(self, name)[indices])
+
+    def batch(self, indices):
+        """(float images [len(indices), C, 28, 28] in [0, 1], 0-based labels)."""
+        return self.images[indices].float() / 255.0, self.labels[indices]
+
+    def epoch_order(self, generator=None) -> torch.Tensor:
+        """One epoch's image indices: a permutation for one dataset; for several, len(self) draws with each dataset
+        equally likely (uniform within it)."""
+        if len(self.datasets) == 1:
+            return torch.randperm(len(self), generator=generator)
+        weights = 1.0 / torch.bincount(self.sources).double()[self.sources]
+        return torch.multinomial(weights, len(self), replacement=True, generator=generator)

@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """Bad input from the user: reported as one line and a non-zero exit, never a traceback."""
+
+
+def unreadable_torch_file(error: Exception) -> str:
+    """Why torch.load could not read a file, in a few words. torch's own messages run to several lines and, for a
+    file that is no torch file at all, advise weights_only=False, which is never the fix for a user's file."""
+    return f"not a complete file written by torch.save ({type(error).__name__})"

@@ -32,15 +32,18 @@ from pathlib import Path
 import torch
 
 from artefacts import ORACLE_CHECKPOINT, THREE_WAY_CLASSIFIER, reference_classifier_checkpoint
-from checkpoints import ensure_writable_dir, load_classifier, load_oracle
+from checkpoints import (check_provenance, ensure_writable_dir, holds_label_head, load_classifier,
+                         load_labelled_model, load_oracle)
 from cli import configure, run_main
-from custom_datasets import DATA_ROOT, colour_images, load_mnist
+from custom_datasets import DATA_ROOT, cell_name, colour_images, load_mnist
 from errors import UserError
 from evaluation import load_samples, read_meta, row_name, sample_cells
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier, marginal_log_probs
+from models.joint_diffusion import MarginalProductClassifier
 from models.oracle import predict
 from samplers.pc_sampler import SAMPLING_EPS
-from targets import cell_name, model_posteriors, validate_composition
+from sde import VESDE
+from targets import model_posteriors, validate_composition
 
 CLASSIFIER_CKPT = reference_classifier_checkpoint(THREE_WAY_CLASSIFIER)
 MODELS = []  # empty: MN1 MN2 MN3, or with SAMPLES the models in the .json beside them
@@ -50,6 +53,8 @@ ORACLE = ORACLE_CHECKPOINT
 TIME = SAMPLING_EPS
 OUT_DIR = "outputs"
 DEVICE = "cpu"
+THREADS = 0
+FORCE = False  # judge a classifier against models other than those it was trained on (the .json records it)
 
 CLASSIFIERS = {2: (JointYClassifier, "train_classifier.py"), 3: (ThreeWayJointYClassifier, "train_3way_classifier.py")}
 
@@ -68,6 +73,18 @@ def sample_groups(samples, models, oracle, root=DATA_ROOT) -> list:
     cells = sample_cells(predict(oracle, samples))
     return [(row_name(cell), samples[torch.tensor([c == cell for c in cells])].clamp(0.0, 1.0), posteriors.get(cell))
             for cell, _ in Counter(cells).most_common()]
+
+
+def dataset_head(path, models, device):
+    """A joint diffusion model's "which dataset" head (train_joint_diffusion.py --label dataset) as a joint table
+    of its marginals, P(y1 | x_t) P(y2 | x_t): its marginal is compared with the exact posterior as a sculpting
+    classifier's is, its table with the exact one's (equal at t = 0, where y1 and y2 are independent given x)."""
+    model = load_labelled_model(path, VESDE(), device)
+    labels = model.head.labels
+    if labels["label"] != "dataset" or labels["datasets"] != list(models):
+        raise UserError(f"{path} predicts {labels['label']}s of {'+'.join(labels['datasets'])}, not which of "
+                        f"{list(models)}: pass a model trained with --gen-idx {' '.join(models)} --label dataset")
+    return MarginalProductClassifier(model)
 
 
 @torch.no_grad()
@@ -127,7 +144,13 @@ def main(argv=None):
     if len(models) not in CLASSIFIERS:
         raise UserError(f"--models: a joint classifier separates 2 or 3 models, got {len(models)}")
     classifier_class, made_by = CLASSIFIERS[len(models)]
-    classifier = load_classifier(config["CLASSIFIER_CKPT"], classifier_class, config["DEVICE"], made_by)
+    if holds_label_head(config["CLASSIFIER_CKPT"], made_by):  # a joint diffusion model of the datasets' union: its
+        # head, which names the datasets it separates
+        classifier, mismatch = dataset_head(config["CLASSIFIER_CKPT"], models, config["DEVICE"]), None
+    else:
+        classifier = load_classifier(config["CLASSIFIER_CKPT"], classifier_class, config["DEVICE"], made_by)
+        # By name: the exact posteriors are of the models' datasets, whichever checkpoints drew the samples.
+        mismatch = check_provenance(config["CLASSIFIER_CKPT"], [(name, None) for name in models], force=config["FORCE"])
     stem = Path(config["CLASSIFIER_CKPT"]).stem
     if samples_path is None:
         groups, source, out_name = (real_image_groups(models, config["IMAGES_PER_CELL"]), "MNIST test images",
@@ -140,7 +163,8 @@ def main(argv=None):
     print(f"{config['CLASSIFIER_CKPT']} at t = {config['TIME']:g} on {source}, models {models}")
     print_table(rows, models)
     out = ensure_writable_dir(config["OUT_DIR"]) / out_name
-    out.write_text(json.dumps({"settings": config, "models": models, "cells": rows},
+    out.write_text(json.dumps({"settings": config, "models": models, "cells": rows,
+                               **({"forced": True, "provenance_mismatch": mismatch} if mismatch else {})},
                               indent=2) + "\n")
     print(f"wrote {out}")
     return rows

@@ -52,6 +52,7 @@ SEED = 0
 OUT_DIR = None  # None: beside the samples
 BASE_EVALUATIONS = []  # the base models' <individual>_eval.json, in model order: adds the plug-in target
 DATA_ROOT = "data"
+THREADS = 0
 
 
 def print_report(samples_path, meta, metrics, reasons):

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from custom_datasets import COLOURS
-from errors import UserError
+from custom_datasets import COLOURS, cell_name
+from errors import UserError, unreadable_torch_file
 from models.oracle import ORACLE_COLOURS
-from targets import cell_name, composition_of_cells
+from targets import composition_of_cells
 
 UNRECOGNISABLE = "unrecognisable"
 BOOTSTRAP = 1000  # resamples behind every bootstrap interval
@@ -78,6 +78,11 @@ def composition_metrics(cells, target, bootstrap=BOOTSTRAP, ci_level=CI_LEVEL, s
             "unrecognisable_share": float(measured[-1])}
 
 
+def percent(value, interval=None) -> str:
+    """A share as a table cell, e.g. "96.7% (95.1–98.2)" with its interval."""
+    return f"{100 * value:.1f}%" + (f" ({100 * interval[0]:.1f}–{100 * interval[1]:.1f})" if interval else "")
+
+
 def row_name(cell) -> str:
     """A report row's name: "grey 4" for (4, "grey"); UNRECOGNISABLE stays itself."""
     return cell if cell == UNRECOGNISABLE else cell_name(cell)
@@ -103,16 +108,18 @@ def plug_in_target(base_evaluations, models, observations) -> tuple:
         if not path.is_file():
             raise UserError(f"base evaluation {path} not found; sample model {model} with sample_individual_model.py "
                             f"and evaluate it with this script")
-        try:
+        try:  # a binary file, other JSON, or an edited report alike
             evaluation = json.loads(path.read_text())
-            evaluated, rows = evaluation["meta"]["models"], evaluation["cells"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            evaluated, observed = evaluation["meta"]["models"], evaluation["meta"].get("observations")
+            measured = {parse_cell(row["cell"]): float(row["measured"]) for row in evaluation["cells"]}
+            size = int(evaluation["num_samples"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"{path} is not an _eval.json written by evaluate_composition.py") from None
-        if evaluated != [model] or evaluation["meta"].get("observations"):
+        if evaluated != [model] or observed:
             raise UserError(f"{path} evaluates samples of {evaluated}, not of base model {k + 1} ({model}) alone")
-        for row in rows:
-            shares.setdefault(parse_cell(row["cell"]), [0.0] * len(models))[k] = row["measured"]
-        sizes.append(evaluation["num_samples"])
+        for cell, share in measured.items():
+            shares.setdefault(cell, [0.0] * len(models))[k] = share
+        sizes.append(size)
     return composition_of_cells(shares, observations), sizes
 
 
@@ -122,8 +129,8 @@ def load_samples(path) -> torch.Tensor:
         raise UserError(f"samples file {path} not found; make it with a sample_*.py script or pass --samples")
     try:
         samples = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a torch file
-        raise UserError(f"cannot read samples {path}: {error}") from None
+    except Exception as error:  # empty, truncated, or not a torch file
+        raise UserError(f"cannot read samples {path}: {unreadable_torch_file(error)}") from None
     if not torch.is_tensor(samples) or samples.dim() != 4 or samples.shape[1] not in (1, 3) \
             or tuple(samples.shape[2:]) != (28, 28) or len(samples) == 0:
         shape = list(samples.shape) if torch.is_tensor(samples) else type(samples).__name__
@@ -138,11 +145,16 @@ def read_meta(samples_path, models, observations):
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as error:
+        except ValueError as error:  # malformed JSON, or not text at all
             raise UserError(f"{meta_path} is not valid JSON: {error}") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{meta_path} is not the settings .json a sample_*.py script writes beside its samples")
     elif not models:
         raise UserError(f"no {meta_path.name} beside the samples; pass --models (and --observations if any)")
-    models = [str(name) for name in (models or meta.get("models", []))]
+    models = models or meta.get("models", [])
+    if not isinstance(models, list):
+        raise UserError(f"{meta_path} lists no models (\"models\": {models!r}); pass --models")
+    models = [str(name) for name in models]
     labels = observations or meta.get("observations", [])
     try:
         observations = tuple(int(label) for label in labels)

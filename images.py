@@ -42,11 +42,41 @@ def save_image_grid(samples: torch.Tensor, path, palette: str = "rgb", nrow: int
     Image.fromarray(array).save(path)
 
 
+SAMPLE_FILES = (".png", ".pt", ".json")  # what save_samples writes for one stem
+# What a sample .json records that a run measures or resolves on its machine, not what the user asked for: a
+# rerun of the same settings elsewhere may replace the samples.
+MEASURED = ("sampling_seconds", "device", "cpu_capability", "precision")
+
+
+def refuse_other_samples(out_dir, stem: str, meta: dict, overwrite: bool) -> None:
+    """Before sampling: a one-line UserError where out_dir already holds <stem>.png/.pt/.json of other settings
+    than `meta` (what the new .json will record), unless `overwrite`. The same settings may be sampled again."""
+    out_dir = Path(out_dir)
+    existing = [out_dir / f"{stem}{suffix}" for suffix in SAMPLE_FILES if (out_dir / f"{stem}{suffix}").exists()]
+    if overwrite or not existing:
+        return
+    instead = "pass --overwrite to replace them, or choose another --out-dir"
+    try:
+        recorded = json.loads((out_dir / f"{stem}.json").read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise UserError(f"{existing[0]} exists without a readable {stem}.json of its settings; {instead}")
+    asked = json.loads(json.dumps(meta))  # as the .json would hold it: tuples as lists
+    differing = [key for key in dict.fromkeys([*asked, *recorded])
+                 if key not in MEASURED and recorded.get(key, "unset") != asked.get(key, "unset")]
+    if differing:
+        changes = ", ".join(f"{key} {recorded.get(key, 'unset')} (now {asked.get(key, 'unset')})"
+                            for key in differing[:3])
+        raise UserError(f"{out_dir / stem}.* hold samples of other settings: {changes}"
+                        f"{', ...' if len(differing) > 3 else ''}; {instead}")
+
+
 def save_samples(samples: torch.Tensor, out_dir, stem: str, meta: dict, palette: str = "rgb") -> Path:
     """Write <stem>.png (8x8 grid of the first samples), <stem>.pt (the [N, C, 28, 28] tensor) and <stem>.json
     (what was sampled)."""
     out_dir = ensure_writable_dir(out_dir)
     save_image_grid(samples[:GRID_SAMPLES], out_dir / f"{stem}.png", palette=palette)
     atomic_save(samples, out_dir / f"{stem}.pt")
-    (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out_dir / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: a complete set
     return out_dir / f"{stem}.png"

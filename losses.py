@@ -4,13 +4,49 @@ import torch
 TRAIN_EPS = 1e-5
 
 
-def denoising_score_matching_loss(score_model, x, sde, eps=TRAIN_EPS):
-    """Batch mean of the per-sample sum over pixels of (s(x_t, t) std(t) + z)^2, t ~ U(eps, 1)."""
+def perturb(x, sde, eps=TRAIN_EPS):
+    """(x_t, t, z, std): t ~ U(eps, 1), x_t = x + std(t) z, std shaped to broadcast over x."""
     t = torch.rand(x.shape[0], device=x.device) * (1.0 - eps) + eps
     z = torch.randn_like(x)
     std = sde.marginal_prob_std(t).to(x)[:, None, None, None]
-    score = score_model(x + z * std, t)
+    return x + z * std, t, z, std
+
+
+def score_matching_error(score, std, z):
+    """Batch mean of the per-sample sum over pixels of (s(x_t, t) std(t) + z)^2."""
     return ((score * std + z) ** 2).flatten(1).sum(dim=1).mean()
+
+
+def denoising_score_matching_loss(score_model, x, sde, eps=TRAIN_EPS):
+    """Batch mean of the per-sample sum over pixels of (s(x_t, t) std(t) + z)^2, t ~ U(eps, 1)."""
+    x_t, t, z, std = perturb(x, sde, eps)
+    return score_matching_error(score_model(x_t, t), std, z)
+
+
+def joint_diffusion_loss(model, x, classes, sde, scaling, noised_classifier=True, eps=TRAIN_EPS):
+    """(total, score loss, classification loss) of a joint diffusion model (models/joint_diffusion.py; Deja et al.
+    2023): total = score loss + scaling * D * head loss on the same batch, D = values per image.
+
+    The score loss is denoising_score_matching_loss's (a sum over the D values); the published code averages
+    the same squared error over them, so D * scaling keeps its --classifier_loss_scaling meaning (0.001 there).
+    `noised_classifier`: the head classifies x_t, from the score loss's own forward pass; False: it classifies the
+    clean image (t = eps), in a second pass of the encoder.
+    """
+    x_t, t, z, std = perturb(x, sde, eps)
+    score, logits = model.score_and_logits(x_t, t)
+    score_loss = score_matching_error(score, std, z)
+    if not noised_classifier:
+        embed, features = model.encode(x, torch.full_like(t, eps))
+        logits = model.head_logits(embed, features)
+    head_loss = model.head.loss(logits.float(), classes)
+    return score_loss + scaling * x[0].numel() * head_loss, score_loss, head_loss
+
+
+def noised_classifier_loss(classifier, x, classes, sde, eps=TRAIN_EPS):
+    """The head loss of a separately trained time-dependent classifier on x_t, t ~ U(eps, 1): classic
+    classifier guidance's classifier, trained on the data's own noised images."""
+    x_t, t, _, _ = perturb(x, sde, eps)
+    return classifier.head.loss(classifier(x_t, t).float(), classes)
 
 
 # ---- Time-dependent classifier losses (docs/reference.md §6) ----

@@ -5,7 +5,7 @@ A preset is a set of train_diffusion.py globals; a scale is everything reproduce
 docs/cpu_recipe_history.md (the cpu scale) and docs/reference.md (the paper scale).
 """
 from artefacts import CONDITIONAL_CLASSIFIER, THREE_WAY_CLASSIFIER
-from samplers import SAMPLERS
+from samplers import SAMPLERS, Sampler
 
 # train_diffusion.py --preset: named flag sets; explicit flags still win over a preset.
 CPU_PRESET = {"EPOCHS": 12, "BATCH_SIZE": 128, "LR": 5e-3, "LR_SCHEDULE": "onecycle", "CHANNELS": [32, 64, 128, 128]}
@@ -29,6 +29,9 @@ CPU_STEPS = {
     "heun-churn": {"samples": {2: 40, 3: 40}, "individual": 40, "base_pools": 40, "composition_pools": 40},
 }
 CPU_STEPS["heun"] = CPU_STEPS["heun-churn"]
+# The cpu recipe's sampler as the sample scripts describe it (their default SIGMA_MIN and CHURN, the denoised last
+# step): 79 score evaluations per sample.
+CPU_SAMPLER = Sampler("heun-churn", 40, denoise_last_step=True, sigma_min=0.05, churn=40.0)
 PAPER_STEPS = {sampler: {"samples": {2: 500, 3: 500}, "individual": 500, "base_pools": 500, "composition_pools": 500}
                for sampler in SAMPLERS}
 

@@ -13,15 +13,23 @@ show each running stage's latest progress bar, whose full output is in
 to EXPORT_DIR under the reference file names (half precision at the cpu scale), and
 every later stage reads them from there, so the results describe exactly the
 exported files. A stage whose outputs exist is skipped; an interrupted base-model
-run resumes; a stage whose inputs were just remade runs again. Stage wall times and
-the whole run's go to <RUN_DIR>/timings.json; grids and evaluations to OUT_DIR
-(results/<scale>/), summarised in <OUT_DIR>.md. Another SEED is an independent
-replicate of the whole run, in directories of its own:
+run resumes; a stage whose inputs were just remade runs again. Everything a run writes
+stays under RUN_DIR (runs/<scale>, gitignored) unless named elsewhere: exports in
+<RUN_DIR>/checkpoints, grids and evaluations in <RUN_DIR>/results, summarised in
+<RUN_DIR>/results.md; stage wall times and the whole run's in <RUN_DIR>/timings.json.
+Another SEED is an independent replicate of the whole run, in a RUN_DIR of its own:
 
-    python reproduce.py --scale cpu --seed 1   # runs/cpu_seed1, results/cpu_seed1
+    python reproduce.py --scale cpu --seed 1   # runs/cpu_seed1
+
+The committed set (the checkpoints shipped in checkpoints/, the rows in results/cpu/ and README's table) is
+rebuilt only when named: --replace-shipped lets the exports replace the shipped files and rewrites their lines in
+checkpoints/MANIFEST.sha256 (without it, a run that would replace one stops before it starts):
+
+    python reproduce.py --scale cpu --export-dir checkpoints --replace-shipped --out-dir results/cpu
+    python reproduce.py --summary-only --out-dir results/cpu   # README's table and results/cpu.md from its rows
 """
 
-from checkpoints import ensure_writable_dir
+from checkpoints import ensure_writable_dir, refuse_shipped
 from cli import configure, run_main
 from custom_datasets import ensure_mnist
 from recipes import SCALES
@@ -31,12 +39,13 @@ from reproduction.stages import Plan, stage_graph
 
 SCALE = "cpu"
 RUN_DIR = None  # None: runs/<SCALE> (runs/<SCALE>_seed<SEED> for SEED > 0)
-EXPORT_DIR = None  # None: checkpoints (cpu) or checkpoints/paper (paper); <RUN_DIR>/checkpoints for SEED > 0
-OUT_DIR = None  # None: results/<SCALE> (results/<SCALE>_seed<SEED> for SEED > 0; the .pt samples are not committed)
+EXPORT_DIR = None  # None: <RUN_DIR>/checkpoints (checkpoints, the shipped set, needs --replace-shipped)
+OUT_DIR = None  # None: <RUN_DIR>/results, summarised in <RUN_DIR>/results.md (results/cpu: the committed rows)
 NUM_SAMPLES = 512
 NUM_STEPS = None  # sampler steps of every sample; None: the scale's for the sampler (recipes.CPU_STEPS, PAPER_STEPS)
 DRY_RUN = False  # list the stages and their commands (skipped ones marked) without running any
-SUMMARY_ONLY = False  # only rewrite results/<SCALE>.md from the evaluations that exist
+SUMMARY_ONLY = False  # only rewrite <OUT_DIR>.md from the evaluations that exist (and the tables of README and
+# docs/ named after OUT_DIR: results/cpu is README's)
 PRECISION = None  # of the showcase samples; None: the scale's (float32; at the cpu scale auto: bfloat16 where native)
 SAMPLER = None  # of every sampling stage (showcase rows, base models alone, classifier pools); None: the scale's
 # (cpu: heun-churn; paper: pc)
@@ -44,34 +53,44 @@ DENOISE_LAST_STEP = None  # of the showcase samples (sample scripts' --denoise-l
 SEED = 0  # of every training and sampling stage: another seed is an independent replicate of the whole run
 JOBS = None  # stages run in parallel, each with cpu_count // JOBS threads; None: the scale's
 ONLY = None  # a regular expression: run only the stages whose name it matches (e.g. "sample" or "_g1$")
+REPLACE_SHIPPED = False  # let the exports replace the checkpoints shipped in checkpoints/ (and their manifest lines)
 
 
 def main(argv=None):
     config = configure(globals(), argv)
     scale, settings = config["SCALE"], SCALES[config["SCALE"]]
-    # A replicate (another seed) gets directories of its own: in the default ones the finished seed-0 stages
-    # would be skipped, and its checkpoints would replace the committed ones.
+    # A replicate (another seed) gets a run dir of its own: in the seed-0 one its finished stages would be skipped.
     replicate = f"{scale}_seed{config['SEED']}" if config["SEED"] else scale
     run_dir = ensure_writable_dir(config["RUN_DIR"] or f"runs/{replicate}")
-    default_export = "checkpoints" if scale == "cpu" else "checkpoints/paper"
-    export_dir = ensure_writable_dir(config["EXPORT_DIR"]
-                                     or (run_dir / "checkpoints" if config["SEED"] else default_export))
-    out_dir = ensure_writable_dir(config["OUT_DIR"] or f"results/{replicate}")
+    # Every default lies in the gitignored run dir: checkpoints/ and results/cpu hold the committed set (and
+    # results/cpu names README's table), replaced only when named.
+    out_dir = ensure_writable_dir(config["OUT_DIR"] or run_dir / "results")
+
+    def summary(timings):
+        return write_summary(out_dir, scale, timings, config["SEED"], config["OUT_DIR"] is not None).read_text()
+
     if config["SUMMARY_ONLY"]:
-        print(write_summary(out_dir, scale, read_timings(run_dir), config["SEED"]).read_text())
+        # An OUT_DIR named without its RUN_DIR is not the default run's: its summary keeps the times it has
+        # rather than taking those of whatever ran in runs/<scale>.
+        print(summary(read_timings(run_dir) if config["RUN_DIR"] or not config["OUT_DIR"] else {}))
         return None
+    export_dir = ensure_writable_dir(config["EXPORT_DIR"] or run_dir / "checkpoints")
     denoise = settings["denoise_last_step"] if config["DENOISE_LAST_STEP"] is None else config["DENOISE_LAST_STEP"]
     plan = Plan(settings, run_dir, export_dir, out_dir, config["SEED"], config["SAMPLER"] or settings["sampler"],
-                config["PRECISION"] or settings["precision"], denoise, config["NUM_SAMPLES"], config["NUM_STEPS"])
+                config["PRECISION"] or settings["precision"], denoise, config["NUM_SAMPLES"], config["NUM_STEPS"],
+                config["REPLACE_SHIPPED"])
     stages = stage_graph(plan, lambda name: matches(config["ONLY"], name))
     pipeline = Pipeline(stages, run_dir, config["DRY_RUN"], config["ONLY"], config["JOBS"] or settings["jobs"])
+    if not config["DRY_RUN"] and not config["REPLACE_SHIPPED"]:  # refused before hours of training, not after
+        refuse_shipped([path for stage in pipeline.to_run() for path in stage.outputs],
+                       f"pass --export-dir {run_dir / 'checkpoints'} to export beside it")
     if not config["DRY_RUN"]:
         # Fetched once before stages start side by side, so that they don't each download or write MNIST.
         for train in (True, False):
             ensure_mnist(train=train)
     pipeline.run()
     if not config["DRY_RUN"]:
-        print(write_summary(out_dir, scale, pipeline.timings, config["SEED"]).read_text())
+        print(summary(pipeline.timings))
     return pipeline
 
 

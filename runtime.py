@@ -1,4 +1,4 @@
-"""Where and how reproducibly a script runs: the device it computes on, the seeds of every generator."""
+"""Where and how reproducibly a script runs: the device it computes on, its threads, the seeds of every generator."""
 import random
 
 import numpy as np
@@ -18,7 +18,9 @@ def get_device(requested: str = "auto") -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise UserError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:<index> or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # torch knows more (meta, xpu): none samples here
+        raise UserError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:<index> or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {requested}: this machine has no CUDA device; use --device auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -32,3 +34,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def use_threads(threads: int) -> None:
+    """torch's CPU threads for this process; 0 leaves torch's default (one per core, or OMP_NUM_THREADS)."""
+    if threads:
+        torch.set_num_threads(threads)

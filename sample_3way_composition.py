@@ -5,7 +5,8 @@ the binary composition of (Y_1, Y_2) guided by the joint classifier with
 GUIDANCE, plus GUIDANCE_3 * grad log Q(Y_3 | x_t, Y_1, Y_2) from the conditional
 classifier. Labels are 1-based. Edit the globals or override them, e.g.
     python sample_3way_composition.py --y-1 1 --y-2 1 --y-3 1
-Writes <OUT_DIR>/composition_<models>_y1-<Y_1>_y2-<Y_2>_y3-<Y_3>_g<GUIDANCE>_g<GUIDANCE_3>.png, .pt and .json.
+Writes <OUT_DIR>/composition_<models>_y1-<Y_1>_y2-<Y_2>_y3-<Y_3>_g<GUIDANCE>_g<GUIDANCE_3>.png, .pt and
+.json (..._s<SEED> for SEED > 0); samples of other settings under that name are replaced only with --overwrite.
 """
 from artefacts import (CONDITIONAL_CLASSIFIER, REFERENCE_EPOCH, THREE_WAY_CLASSIFIER,
                        reference_classifier_checkpoint)
@@ -38,11 +39,14 @@ CHURN = 40.0  # heun-churn: the noise each step adds back (EDM's S_churn; gamma 
 SEED = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
+OVERWRITE = False
 DEVICE = "auto"
+THREADS = 0
 COMPILE = False  # torch.compile the score networks (float32; pays off from a few hundred steps)
 PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the device computes it natively
 DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step
 # (cleaner backgrounds, fewer malformed digits; README, "The last step")
+FORCE = False  # use classifiers trained on other base models than these (the .json records it)
 
 
 def main(argv=None):

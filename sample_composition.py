@@ -6,7 +6,8 @@ with Q the joint classifier from train_classifier.py. Labels are 1-based:
 contrast the other way round. Edit the globals or override them, e.g.
     python sample_composition.py --y-1 1 --y-2 2
     python sample_composition.py --gen-idx-1 1 --gen-idx-2 2 --classifier-ckpt checkpoints/<1-vs-2 classifier>.pth
-Writes <OUT_DIR>/composition_<GEN_IDX_1>_<GEN_IDX_2>_y1-<Y_1>_y2-<Y_2>_g<GUIDANCE>.png, .pt and .json.
+Writes <OUT_DIR>/composition_<GEN_IDX_1>_<GEN_IDX_2>_y1-<Y_1>_y2-<Y_2>_g<GUIDANCE>.png, .pt and .json
+(..._s<SEED> for SEED > 0); samples of other settings under that name are replaced only with --overwrite.
 """
 from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, reference_classifier_checkpoint
 from cli import configure, run_main
@@ -33,11 +34,14 @@ CHURN = 40.0  # heun-churn: the noise each step adds back (EDM's S_churn; gamma 
 SEED = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
+OVERWRITE = False
 DEVICE = "auto"
+THREADS = 0
 COMPILE = False  # torch.compile the score networks (float32; pays off from a few hundred steps)
 PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the device computes it natively
 DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step
 # (cleaner backgrounds, fewer malformed digits; README, "The last step")
+FORCE = False  # use classifiers trained on other base models than these (the .json records it)
 
 
 def main(argv=None):

@@ -2,19 +2,17 @@
 
 Edit the globals or override them from the command line, e.g.
     python sample_individual_model.py --gen-idx M1 --num-steps 250
-Writes <OUT_DIR>/individual_<GEN_IDX>.png, the samples as .pt and their settings as .json.
+Writes <OUT_DIR>/individual_<GEN_IDX>.png (individual_<GEN_IDX>_s<SEED>.png for SEED > 0), the samples as .pt
+and their settings as .json; samples of other settings under that name are replaced only with --overwrite.
 """
-import time
 
 from artefacts import base_model_path, individual_stem
 from checkpoints import ensure_writable_dir, load_score_model
 from cli import configure, run_main
 from custom_datasets import BASE_DATASETS
-from images import save_samples
 from models.fast_paths import fast_score_model
 from runtime import get_device
-from samplers import sample_in_batches
-from sampling_scripts import precision_for, sampler_from_config, sampling_meta
+from sampling_scripts import precision_for, sample_to_disk, sampler_from_config, sampling_meta
 from sde import VESDE
 
 GEN_IDX = "MN1"
@@ -31,7 +29,9 @@ CHURN = 40.0  # heun-churn: the noise each step adds back (EDM's S_churn; gamma 
 SEED = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
+OVERWRITE = False
 DEVICE = "auto"
+THREADS = 0
 COMPILE = False  # torch.compile the score networks (float32; pays off from a few hundred steps)
 PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the device computes it natively
 DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step
@@ -48,17 +48,11 @@ def main(argv=None):
                                                       config["GEN_CKPT_EPOCH"])
     sde = VESDE()
     model = load_score_model(ckpt, sde, device, input_channels=BASE_DATASETS[config["GEN_IDX"]][0])
-    sampled = fast_score_model(model, [model], config["COMPILE"], precision)
-    started = time.perf_counter()
-    samples = sample_in_batches(sampled, sde, sampler, config["NUM_SAMPLES"], config["BATCH_SIZE"], device,
-                                config["SEED"])
-    seconds = time.perf_counter() - started
+    stem = individual_stem(config["GEN_IDX"], config["SEED"])
     meta = {"kind": "individual", "models": [config["GEN_IDX"]], "checkpoints": [ckpt],
-            **sampling_meta(sampler, sde, config, device, precision, seconds)}
-    png = save_samples(samples, config["OUT_DIR"], individual_stem(config["GEN_IDX"]), meta, config["PALETTE"])
-    print(f"saved {png} ({len(samples)} samples)")
-    return png
-
+            **sampling_meta(sampler, sde, config, device, precision)}
+    return sample_to_disk(config, fast_score_model(model, [model], config["COMPILE"], precision), sde, sampler, device,
+                          stem, meta)
 
 if __name__ == "__main__":
     run_main(main)

@@ -5,10 +5,10 @@ import time
 import torch
 
 from artefacts import base_model_path, composition_stem
-from checkpoints import ensure_writable_dir, load_classifier, load_score_model
+from checkpoints import check_composition_provenance, ensure_writable_dir, load_classifier, load_score_model
 from custom_datasets import dataset_spec
 from errors import UserError
-from images import save_samples
+from images import refuse_other_samples, save_samples
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
 from models.fast_paths import fast_score_model, resolve_precision
 from runtime import get_device
@@ -20,8 +20,10 @@ from targets import validate_composition
 def sampler_from_config(config, steps_key="NUM_STEPS") -> Sampler:
     """The Sampler a script's globals describe (SAMPLER, <steps_key>, DENOISE_LAST_STEP, SNR, SIGMA_MIN, CHURN)."""
     try:
-        return Sampler(config["SAMPLER"], config[steps_key], config["DENOISE_LAST_STEP"], config["SNR"],
-                       config["SIGMA_MIN"], config["CHURN"])
+        sampler = Sampler(config["SAMPLER"], config[steps_key], config["DENOISE_LAST_STEP"], config["SNR"],
+                          config["SIGMA_MIN"], config["CHURN"])
+        sampler.check_fits(VESDE())  # every script samples the default SDE
+        return sampler
     except ValueError as error:
         raise UserError(f"{error}; see --help for --sampler and its settings") from None
 
@@ -31,11 +33,12 @@ def precision_for(config, device) -> str:
     return resolve_precision(config["PRECISION"], device)
 
 
-def sampling_meta(sampler: Sampler, sde, config, device, precision, seconds) -> dict:
-    """What an output's .json records about how it was sampled, and on what."""
-    return {**sampler.settings(sde), "seed": config["SEED"], "precision": precision,
-            "precision_setting": config["PRECISION"], "compile": config["COMPILE"],
-            "sampling_seconds": round(seconds, 2), "device": str(device),
+def sampling_meta(sampler: Sampler, sde, config, device, precision) -> dict:
+    """What an output's .json records about how it was sampled, and on what; "sampling_seconds" is added once
+    measured (images.refuse_other_samples compares the rest with an earlier output's before sampling)."""
+    return {**sampler.settings(sde), "seed": config["SEED"], "num_samples": config["NUM_SAMPLES"],
+            "batch_size": config["BATCH_SIZE"], "precision": precision, "precision_setting": config["PRECISION"],
+            "compile": config.get("COMPILE", False), "device": str(device),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
@@ -49,11 +52,14 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     """The composition sampling scripts' shared body: load, compose, sample, save.
 
     `config` holds the scripts' globals (GEN_CKPT_DIR, GEN_CKPT_EPOCH, GEN_CKPT_PATH_<k>, NUM_SAMPLES,
-    BATCH_SIZE, the sampler's (sampler_from_config), SEED, PALETTE, OUT_DIR, DEVICE, COMPILE, PRECISION).
+    BATCH_SIZE, the sampler's (sampler_from_config), SEED, PALETTE, OUT_DIR, OVERWRITE, DEVICE, COMPILE, PRECISION,
+    FORCE).
     `classifier_specs`: (checkpoint, classifier class, script that trains it)
     for the joint classifier of (y1, y2), then for the conditional one of y3 if
-    there are three observations; one guidance scale each. Writes
-    composition_<models>_y1-<y1>_..._g<scale>... .png/.pt/.json in OUT_DIR.
+    there are three observations; one guidance scale each. A classifier trained on other base models is refused
+    (checkpoints.check_composition_provenance) unless FORCE, which the .json then records. Writes
+    composition_<models>_y1-<y1>_..._g<scale>...[_s<seed>] .png/.pt/.json in OUT_DIR, refusing to replace samples
+    of other settings unless OVERWRITE (images.refuse_other_samples).
     """
     validate_composition(gen_idxs, observations)
     sampler = sampler_from_config(config)
@@ -65,6 +71,8 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
     checkpoints = base_model_paths(config, gen_idxs)
     score_models = [load_score_model(path, sde, device, input_channels=dataset_spec(name)[0])
                     for name, path in zip(gen_idxs, checkpoints)]
+    mismatch = check_composition_provenance([path for path, _, _ in classifier_specs], list(zip(gen_idxs, checkpoints)),
+                                            config["FORCE"])
     try:
         composition = BinaryDiffusionComposition(score_models, classifiers[0], *observations[:2], guidance_scales[0])
         if len(observations) == 3:
@@ -74,16 +82,25 @@ def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations,
         raise UserError(str(error)) from None
     # Only the score networks are compiled: a compiled classifier's input gradient ran slower on CPU
     # (docs/performance.md).
-    composition = fast_score_model(composition, score_models, config["COMPILE"], precision)
-    started = time.perf_counter()
-    samples = sample_in_batches(composition, sde, sampler, config["NUM_SAMPLES"], config["BATCH_SIZE"], device,
-                                config["SEED"])
-    seconds = time.perf_counter() - started
-    stem = composition_stem(gen_idxs, observations, guidance_scales)
+    stem = composition_stem(gen_idxs, observations, guidance_scales, config["SEED"])
     meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
             "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
             "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],
-            **sampling_meta(sampler, sde, config, device, precision, seconds)}
+            **({"forced": True, "provenance_mismatch": mismatch} if mismatch else {}),
+            **sampling_meta(sampler, sde, config, device, precision)}
+    composition = fast_score_model(composition, score_models, config["COMPILE"], precision)
+    return sample_to_disk(config, composition, sde, sampler, device, stem, meta)
+
+
+def sample_to_disk(config, score_model, sde, sampler, device, stem, meta):
+    """Every sample script's last part: refuse to replace samples of other settings (unless OVERWRITE), draw
+    NUM_SAMPLES (SEED, BATCH_SIZE), add the sampling time to `meta`, write <OUT_DIR>/<stem>.png/.pt/.json; the PNG's
+    path. (fast_score_model compiles lazily, so the refusal still comes before any costly work.)"""
+    refuse_other_samples(config["OUT_DIR"], stem, meta, config["OVERWRITE"])
+    started = time.perf_counter()
+    samples = sample_in_batches(score_model, sde, sampler, config["NUM_SAMPLES"], config["BATCH_SIZE"], device,
+                                config["SEED"])
+    meta["sampling_seconds"] = round(time.perf_counter() - started, 2)
     png = save_samples(samples, config["OUT_DIR"], stem, meta, config["PALETTE"])
-    print(f"saved {png} ({len(samples)} samples)")
+    print(f"saved {png} ({len(samples)} samples, {sampler.evaluations_per_sample} score evaluations each)")
     return png

@@ -32,12 +32,6 @@ def digit_counts(root=DATA_ROOT) -> tuple:
     return tuple(torch.bincount(labels, minlength=10).tolist())
 
 
-def cell_name(cell) -> str:
-    """(0, "red") -> "red 0"."""
-    digit, colour = cell
-    return f"{colour} {digit}"
-
-
 def validate_composition(models, observations) -> int:
     """The samples' channel count of a composition; a UserError for unknown models or labels out of range."""
     if not models:

@@ -8,7 +8,7 @@ terminal cross-entropy over the 3 one-hot label entries, hence TERMINAL_LOSS_SCA
 
 CPU-scale example: see train_classifier.py (the same pool and trunk flags).
 """
-from artefacts import REFERENCE_EPOCH, THREE_WAY_CLASSIFIER
+from artefacts import REFERENCE_EPOCH, RUN_DIR, THREE_WAY_CLASSIFIER
 from classifier_training import parse_config, train_joint_classifier
 from cli import run_main
 from models.classifier_model import ThreeWayJointYClassifier
@@ -43,10 +43,11 @@ TEST_EVERY = 50
 TEST_SAMPLES = 300  # test trajectories per model, sampled once at the start
 TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
 CKPT_EVERY = 50
-CKPT_DIR = "checkpoints"
+CKPT_DIR = RUN_DIR
 CLASSIFIER_NAME = THREE_WAY_CLASSIFIER  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
 SEED = 0
 DEVICE = "auto"
+THREADS = 0
 OVERWRITE = False
 
 

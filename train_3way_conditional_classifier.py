@@ -7,17 +7,19 @@ Reference defaults: 200 Adadelta steps (lr 0.1), 128 fresh trajectories per pair
 every step, a test every 10 steps (300 trajectories per pair) and a checkpoint
 3way_conditional_classifier_ckpt_{step}.pth every 20 steps.
 
-CPU-scale example: see train_classifier.py (the same pool and trunk flags), plus --classifier-ckpt.
+CPU-scale example: see train_classifier.py (the same pool and trunk flags), plus --classifier-ckpt. The joint
+classifier must have been trained on the base models given (its provenance sidecar says so; --force overrides).
 """
 import copy
 
 import torch
 
-from artefacts import CONDITIONAL_CLASSIFIER, REFERENCE_EPOCH, THREE_WAY_CLASSIFIER, reference_classifier_checkpoint
-from checkpoints import load_classifier
-from classifier_training import (TrajectoryPool, build_classifier, conditional_training_loss, every_nth_step, fit,
-                                 load_base_models, make_tester, parse_config, start_run, trainable_steps,
-                                 trajectory_sampler)
+from artefacts import (CONDITIONAL_CLASSIFIER, REFERENCE_EPOCH, RUN_DIR, THREE_WAY_CLASSIFIER,
+                       reference_classifier_checkpoint)
+from checkpoints import check_provenance, classifier_provenance, load_classifier
+from classifier_training import (TrajectoryPool, base_model_files, build_classifier, conditional_training_loss,
+                                 every_nth_step, fit, load_base_models, make_tester, parse_config, start_run,
+                                 trainable_steps, trajectory_sampler)
 from cli import run_main
 from errors import UserError
 from models.classifier_model import (ThreeWayConditionalYClassifier, ThreeWayJointYClassifier, marginal_log_probs,
@@ -54,11 +56,13 @@ TEST_EVERY = 10
 TEST_SAMPLES = 300  # test trajectories per label pair, sampled once at the start
 TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
 CKPT_EVERY = 20
-CKPT_DIR = "checkpoints"
+CKPT_DIR = RUN_DIR
 CLASSIFIER_NAME = CONDITIONAL_CLASSIFIER  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
 SEED = 0
 DEVICE = "auto"
+THREADS = 0
 OVERWRITE = False
+FORCE = False  # use a CLASSIFIER_CKPT trained on other base models than these (the sidecar written records it)
 
 PAIRS = sorted(unordered_pairs(3))  # (1,1), (1,2), (1,3), (2,2), (2,3), (3,3), the reference's order
 
@@ -70,6 +74,10 @@ def train(config):
     score_models = load_base_models(config, gen_idxs, sde, device)
     joint = load_classifier(config["CLASSIFIER_CKPT"], ThreeWayJointYClassifier, device,
                             made_by="train_3way_classifier.py")
+    bases = base_model_files(config, gen_idxs)
+    mismatch = check_provenance(config["CLASSIFIER_CKPT"], bases, force=config["FORCE"])
+    provenance = {**classifier_provenance(bases, joint_classifier=config["CLASSIFIER_CKPT"]),
+                  **({"forced": mismatch} if mismatch else {})}
     try:
         # The compositions guide with their own copy of the joint classifier: the sampler's fast path casts its
         # networks' weights in place, and `joint` also computes the float32 soft targets.
@@ -97,7 +105,8 @@ def train(config):
         return classifier(x, t, test_pairs[samples, 0], test_pairs[samples, 1])
 
     run_test = make_tester(config, classifier, predict, test, test_targets, [f"y=({a},{b})" for a, b in PAIRS])
-    return fit(config, classifier, training_loss, run_test, counters=lambda: {"pool_refreshes": pool.refreshes})
+    return fit(config, classifier, training_loss, run_test, provenance,
+               counters=lambda: {"pool_refreshes": pool.refreshes})
 
 
 def main(argv=None):

@@ -9,10 +9,12 @@ CPU-scale example (a pool of trajectories reused for 100 steps, 100 sampler step
     python train_classifier.py --gen-ckpt-dir runs/cpu --gen-ckpt-epoch 11 --trajectory-steps 100 \
         --pool-size 256 --pool-reuse 100 --batch-size 64 --classifier-channels 16 32 --test-samples 100 \
         --test-every 50 --ckpt-every 50
-(its cost and test accuracy on CPU-recipe base models: docs/performance.md). Every test is also written to
-<CKPT_DIR>/<CLASSIFIER_NAME>_tests.json.
+(its cost and test accuracy on CPU-recipe base models: docs/performance.md). Checkpoints go to CKPT_DIR (runs/;
+the shipped checkpoints/ is never written), each with <checkpoint>.provenance.json beside it: the base models
+(names and SHA-256 of their checkpoints) it was trained on, which the sample scripts check. Every test is also
+written to <CKPT_DIR>/<CLASSIFIER_NAME>_tests.json. Ctrl-C or SIGTERM stops after the current step, saving it.
 """
-from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH
+from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, RUN_DIR
 from classifier_training import parse_config, train_joint_classifier
 from cli import run_main
 from models.classifier_model import JointYClassifier
@@ -46,10 +48,11 @@ TEST_EVERY = 25
 TEST_SAMPLES = 300  # test trajectories per model, sampled once at the start
 TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
 CKPT_EVERY = 25
-CKPT_DIR = "checkpoints"
+CKPT_DIR = RUN_DIR
 CLASSIFIER_NAME = JOINT_CLASSIFIER  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
 SEED = 0
 DEVICE = "auto"
+THREADS = 0
 OVERWRITE = False
 
 

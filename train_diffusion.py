@@ -1,9 +1,11 @@
 """Train one base score model on a coloured-MNIST dataset (docs/reference.md §6).
 
 Edit the globals or override them from the command line (--gen-idx MN2 --epochs 20 ...).
-Writes gen_{GEN_IDX}_ckpt_{epoch}.pth (plain state_dict, the reference's format)
-every SAVE_EVERY epochs and after the last one, plus a training state beside
-them for --resume, and a loss-curve PNG at the end.
+Writes gen_{GEN_IDX}_ckpt_{epoch}.pth (plain state_dict, the reference's format) to CKPT_DIR (runs/;
+the shipped checkpoints/ is never written) every SAVE_EVERY epochs and after the last one, plus a
+training state beside them for --resume, and a loss-curve PNG at the end. Ctrl-C or SIGTERM saves the
+state at the current step; --resume then continues to the weights an uninterrupted run ends with.
+Sample a run with sample_individual_model.py --gen-ckpt-dir runs --gen-ckpt-epoch <its last epoch>.
 
 CPU recipe (about 10 minutes on 2 cores, see README):
     python train_diffusion.py --preset cpu --gen-idx MN1         # 12 epochs, float32
@@ -14,10 +16,10 @@ import math
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from artefacts import energy_model_name, base_model_checkpoint, base_model_checkpoints_glob, loss_plot, train_state
-from checkpoints import atomic_save, ensure_writable_dir, load_into
+from artefacts import (RUN_DIR, base_model_checkpoint, base_model_checkpoints_glob, energy_model_name, loss_plot,
+                       numbered_files, train_state)
+from checkpoints import ensure_writable_dir
 from cli import configure, run_main
 from custom_datasets import ColouredMNIST
 from errors import UserError
@@ -28,6 +30,8 @@ from models.score_model import ScoreNet
 from recipes import PRESETS
 from runtime import get_device, seed_everything
 from sde import VESDE
+from training import (make_scheduler, plot_losses, prepare_run, restore_run, run_epochs, save_training_state,
+                      save_weights, saves_checkpoint)
 
 GEN_IDX = "MN1"
 EPOCHS = 200
@@ -44,12 +48,13 @@ TRAIN_SUBSET = 0  # train on this many randomly chosen images; 0 = the whole dat
 COMPILE = False  # torch.compile the network in place (state_dict keys unchanged)
 PRECISION = "float32"  # or "bfloat16": forward passes under autocast, weights and optimizer in float32; "auto":
 # bfloat16 only where the device computes it natively
-CKPT_DIR = "checkpoints"
+CKPT_DIR = RUN_DIR  # folder this run's checkpoints, training state and loss plot are written to
 DATA_ROOT = "data"
 SEED = 0
 DEVICE = "auto"
+THREADS = 0
 RESUME = False
-OVERWRITE = False
+OVERWRITE = False  # remove this run's earlier files in CKPT_DIR (checkpoints, training state, loss plot), then train
 PRESET = None
 
 # The settings a resume must share with the run it continues.
@@ -82,32 +87,14 @@ def state_path(config):
     return Path(config["CKPT_DIR"]) / train_state(run_name(config))
 
 
-def existing_run(config):
-    earlier_checkpoints = Path(config["CKPT_DIR"]).glob(base_model_checkpoints_glob(run_name(config)))
-    return state_path(config).exists() or any(earlier_checkpoints)
-
-
-def make_scheduler(optimizer, config, steps_per_epoch):
-    """Per-epoch exponential decay (reference) or a per-step one-cycle schedule."""
-    if config["LR_SCHEDULE"] == "exponential":
-        gamma = (config["LR_END"] / config["LR"]) ** (1.0 / config["EPOCHS"])
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma), "epoch"
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config["LR"], total_steps=config["EPOCHS"] * steps_per_epoch,
-        final_div_factor=config["LR"] / config["LR_END"] / 25.0), "step"
-
-
-def plot_losses(losses, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(range(len(losses)), losses, marker="o")
-    ax.set(xlabel="epoch", ylabel="mean training loss", yscale="log", title=Path(path).stem)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def run_files(config):
+    """This run's files in CKPT_DIR: those an earlier run left, which --overwrite removes, and those it writes;
+    none may be shipped."""
+    folder = Path(config["CKPT_DIR"])
+    extras = [state_path(config), folder / loss_plot(run_name(config))]
+    earlier = numbered_files(folder, base_model_checkpoints_glob(run_name(config)))
+    planned = [checkpoint_path(config, epoch) for epoch in range(config["EPOCHS"]) if saves_checkpoint(config, epoch)]
+    return [*earlier, *extras], [*planned, *extras]
 
 
 def train(config):
@@ -116,11 +103,7 @@ def train(config):
     config = {**config, "PRECISION": resolve_precision(config["PRECISION"], device)}
     ckpt_dir = ensure_writable_dir(config["CKPT_DIR"])
     resume_file = state_path(config)
-    if config["RESUME"] and not resume_file.is_file():
-        raise UserError(f"nothing to resume: {resume_file} does not exist; run without --resume to start")
-    if not config["RESUME"] and not config["OVERWRITE"] and existing_run(config):
-        raise UserError(f"{ckpt_dir} already holds a run of {run_name(config)}; pass --resume to continue it "
-                        f"or --overwrite to start over")
+    prepare_run(config, run_name(config), resume_file, *run_files(config))
 
     seed_everything(config["SEED"])
     sde = VESDE()
@@ -132,22 +115,12 @@ def train(config):
     optimizer = torch.optim.Adam(model.parameters(), lr=config["LR"])
     steps_per_epoch = math.ceil(len(indices) / config["BATCH_SIZE"])
     scheduler, scheduler_unit = make_scheduler(optimizer, config, steps_per_epoch)
-    start_epoch, losses = 0, []
+    start_epoch, losses, within_epoch = 0, [], None
 
     if config["RESUME"]:
-        state = torch.load(resume_file, map_location="cpu", weights_only=False)
-        saved = {k: state["config"].get(k, DEFAULTS_OF_LATER_KEYS.get(k)) for k in CONFIG_KEYS}
-        wanted = {k: config[k] for k in CONFIG_KEYS}
-        if saved != wanted:
-            diff = {k: (saved[k], wanted[k]) for k in CONFIG_KEYS if saved[k] != wanted[k]}
-            raise UserError(f"{resume_file} was made with other settings (saved, asked): {diff}")
-        load_into(model, state["model"], resume_file)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, losses, indices = state["epoch"], state["losses"], state["indices"]
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        state, start_epoch, losses, within_epoch = restore_run(resume_file, "train_diffusion.py", config, CONFIG_KEYS,
+                                                               DEFAULTS_OF_LATER_KEYS, model, optimizer, scheduler)
+        indices = state["indices"]
 
     if config["COMPILE"]:
         compile_in_place([model])
@@ -157,34 +130,24 @@ def train(config):
     if start_epoch >= config["EPOCHS"]:
         print(f"{resume_file} is complete ({start_epoch} epochs); nothing to do")
         return model
-    progress = tqdm(total=(config["EPOCHS"] - start_epoch) * steps_per_epoch, desc=f"train {run_name(config)}")
-    for epoch in range(start_epoch, config["EPOCHS"]):
-        model.train()
-        order = indices[torch.randperm(len(indices))]
-        total, count = 0.0, 0
-        for batch in order.split(config["BATCH_SIZE"]):
-            x = dataset.batch(batch).to(device)
-            loss = denoising_score_matching_loss(score_model, x, sde)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler_unit == "step":
-                scheduler.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
-            progress.update()
-            progress.set_postfix(epoch=epoch, loss=f"{total / count:.2f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-        if scheduler_unit == "epoch":
-            scheduler.step()
-        losses.append(total / count)
-        last = epoch == config["EPOCHS"] - 1
-        if (epoch > 0 and epoch % config["SAVE_EVERY"] == 0) or last:
-            atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, checkpoint_path(config, epoch))
-        atomic_save({"config": config, "epoch": epoch + 1, "losses": losses, "indices": indices,
-                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None}, resume_file)
-    progress.close()
+
+    def batch_losses(batch):
+        return denoising_score_matching_loss(score_model, dataset.batch(batch).to(device), sde).reshape(1)
+
+    def end_epoch(epoch):
+        if saves_checkpoint(config, epoch):
+            save_weights(model, checkpoint_path(config, epoch))
+
+    def save(epoch, losses, **within_epoch):
+        save_training_state(resume_file, config, model, optimizer, scheduler, device, epoch, losses, indices=indices,
+                            **within_epoch)
+
+    model.train()
+    run_epochs(optimizer, scheduler, scheduler_unit, epochs=config["EPOCHS"], steps_per_epoch=steps_per_epoch,
+               start_epoch=start_epoch, losses=losses, within_epoch=within_epoch,
+               new_order=lambda: indices[torch.randperm(len(indices))], batch_size=config["BATCH_SIZE"],
+               batch_losses=batch_losses, end_epoch=end_epoch, save_state=save, state_file=resume_file,
+               describe=f"train {run_name(config)}")
     plot_losses(losses, ckpt_dir / loss_plot(run_name(config)))
     print(f"saved {checkpoint_path(config, config['EPOCHS'] - 1)} (final loss {losses[-1]:.3f})")
     return model

@@ -8,18 +8,18 @@ contrast, pixel noise) makes it robust to imperfect diffusion samples; an
 11th "junk" class learns blobs and two-digit overlays. At the end, the full
 predict() is measured on the test split in grey, red and green, clean and
 with noise. CPU: about 4 minutes on 2 shared cores.
-    python train_oracle.py                   # train, save checkpoints/oracle.pth, report test accuracy
-    python train_oracle.py --evaluate-only   # only report the test accuracy of the saved oracle
+    python train_oracle.py                   # train, save runs/oracle.pth, report its test accuracy
+    python train_oracle.py --evaluate-only   # only report the test accuracy of the shipped checkpoints/oracle.pth
+    python train_oracle.py --evaluate-only --oracle runs/oracle.pth
 """
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from artefacts import ORACLE_CHECKPOINT
-from checkpoints import atomic_save, ensure_writable_dir, half_state_dict, load_oracle
+from artefacts import ORACLE_CHECKPOINT, ORACLE_FILE, RUN_DIR
+from checkpoints import atomic_save, ensure_writable_dir, half_state_dict, load_oracle, refuse_shipped
 from cli import configure, run_main
 from custom_datasets import COLOURS, colour_images, load_mnist
 from errors import UserError
@@ -37,10 +37,12 @@ MAX_SCALE_CHANGE = 0.15  # augmentation: the largest relative change of size
 MAX_NOISE_STD = 0.15  # augmentation: the largest std of the added pixel noise
 TEST_NOISE_STD = 0.1  # the noisy test report adds this much Gaussian noise to every channel
 CONFIDENCE_THRESHOLD = CONFIDENCE
-ORACLE = ORACLE_CHECKPOINT  # written by training, read by --evaluate-only
+CKPT_DIR = RUN_DIR  # training writes <CKPT_DIR>/oracle.pth (the shipped checkpoints/oracle.pth is never written)
+ORACLE = ORACLE_CHECKPOINT  # the oracle --evaluate-only reports on
 DATA_ROOT = "data"
 SEED = 0
 DEVICE = "auto"
+THREADS = 0
 EVALUATE_ONLY = False  # only report the test accuracy of the saved ORACLE
 OVERWRITE = False
 
@@ -88,7 +90,7 @@ def junk_images(images, labels, count):
     return torch.where(use_overlay[:, None, None, None], overlay, blob)
 
 
-def train(config, device):
+def train(config, device, path):
     seed_everything(config["SEED"])
     images, labels = load_mnist(config["DATA_ROOT"], train=True)
     images = (images.float() / 255.0).unsqueeze(1).to(device)
@@ -116,8 +118,8 @@ def train(config, device):
         print(f"epoch {epoch + 1}/{config['EPOCHS']}: loss {total_loss / len(images):.4f}, "
               f"augmented train accuracy {correct / len(images):.4f} ({time.time() - start:.0f} s)")
     # Half precision keeps the committed file small; load_oracle restores float32.
-    atomic_save(half_state_dict(oracle.state_dict()), config["ORACLE"])
-    print(f"saved {config['ORACLE']}")
+    atomic_save(half_state_dict(oracle.state_dict()), path)
+    print(f"saved {path}")
 
 
 def test_report(oracle, config, device):
@@ -153,12 +155,14 @@ def test_report(oracle, config, device):
 def main(argv=None):
     config = configure(globals(), argv)
     device = get_device(config["DEVICE"])
+    oracle = config["ORACLE"]
     if not config["EVALUATE_ONLY"]:
-        ensure_writable_dir(Path(config["ORACLE"]).parent)
-        if Path(config["ORACLE"]).exists() and not config["OVERWRITE"]:
-            raise UserError(f"{config['ORACLE']} exists; pass --overwrite to retrain it, or --evaluate-only")
-        train(config, device)
-    test_report(load_oracle(config["ORACLE"], device), config, device)
+        oracle = ensure_writable_dir(config["CKPT_DIR"]) / ORACLE_FILE
+        refuse_shipped([oracle], "choose another --ckpt-dir")
+        if oracle.exists() and not config["OVERWRITE"]:
+            raise UserError(f"{oracle} exists; pass --overwrite to retrain it, or --evaluate-only --oracle {oracle}")
+        train(config, device, oracle)
+    test_report(load_oracle(oracle, device), config, device)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Does bfloat16 autocast keep the showcase metrics? Reduced precision against the float32 results.
 
-For each showcase composition in ROWS (indices into showcase.SHOWCASE), reads the
-float32 evaluation that `python reproduce.py --scale SCALE` wrote to
-results/<SCALE>/, samples the composition again with the same settings (models,
+For each showcase composition in ROWS (indices into showcase.SHOWCASE), reads the float32 evaluation in
+results/<SCALE>/ (the committed rows at the cpu scale; another scale's are written by `python reproduce.py
+--scale SCALE --out-dir results/SCALE`), samples the composition again with the same settings (models,
 λ, number of samples, sampler steps and seed; the scale's other sampler flags) under PRECISION, evaluates it
 with evaluate_composition.py (both as subprocesses), and reports whether its support precision and TV
 fall inside the float32 run's 95% bootstrap intervals. Table on stdout; JSON in OUT_DIR, where the
@@ -27,7 +27,7 @@ from showcase import SHOWCASE, sample_command  # noqa: E402
 SCALE = "cpu"  # the scale whose float32 results (results/<SCALE>/) are compared against
 ROWS = [1, 8]  # showcase.SHOWCASE indices
 PRECISION = "bfloat16"  # the precision compared with float32
-EXPORT_DIR = "checkpoints"  # the checkpoints under the reference file names (reproduce.py's EXPORT_DIR)
+EXPORT_DIR = "checkpoints"  # under the reference file names: the shipped checkpoints, or a reproduce.py EXPORT_DIR
 OUT_DIR = "benchmarks/results/precision_quality"
 
 
@@ -42,7 +42,11 @@ def compare_row(index, config):
     reference_dir = Path("results") / config["SCALE"]
     reference_path = reference_dir / evaluation_report(stem)
     if not reference_path.exists():
-        raise UserError(f"{reference_path} is missing; run `python reproduce.py --scale {config['SCALE']}` first")
+        # results/cpu is committed (git restores it); another scale's rows are a reproduce.py run's, written there
+        # only when named (its default is runs/).
+        remedy = (f"git checkout -- {reference_dir}" if config["SCALE"] == "cpu"
+                  else f"python reproduce.py --scale {config['SCALE']} --out-dir {reference_dir}")
+        raise UserError(f"{reference_path} is missing; run `{remedy}` first")
     reference = json.loads(reference_path.read_text())
     settings = json.loads((reference_dir / f"{stem}.json").read_text())
     # The float32 run's own sampler settings: the scale's flags, its step count and seed.
@@ -53,9 +57,10 @@ def compare_row(index, config):
     start = time.perf_counter()
     run_script(command)
     seconds = time.perf_counter() - start
-    samples = Path(config["OUT_DIR"]) / f"{stem}.pt"
+    sampled = composition_stem(models, observations, scales, settings["seed"])
+    samples = Path(config["OUT_DIR"]) / f"{sampled}.pt"
     run_script(["evaluate_composition.py", str(samples)])
-    report = json.loads((samples.parent / evaluation_report(stem)).read_text())
+    report = json.loads((samples.parent / evaluation_report(sampled)).read_text())
     return {"composition": stem, "num_samples": report["num_samples"], "sampling_s": seconds,
             "float32": {key: reference[key] for key in
                         ("support_precision", "support_precision_ci", "tv_distance", "tv_distance_ci")},

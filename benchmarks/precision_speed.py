@@ -50,8 +50,6 @@ def fastest(runs, repeats):
 
 def main(argv=None):
     config = configure(globals(), argv)
-    if config["THREADS"]:
-        torch.set_num_threads(config["THREADS"])
     torch.manual_seed(0)
     sde = VESDE()
     model = ScoreNet(sde.marginal_prob_std, config["CHANNELS"], input_channels=3)

@@ -25,7 +25,7 @@ from cli import configure, run_main, run_script  # noqa: E402
 from showcase import SHOWCASE, sample_command  # noqa: E402
 
 NUM_SAMPLES = 128  # of each run
-EXPORT_DIR = "checkpoints"  # the checkpoints under the reference file names (reproduce.py's EXPORT_DIR)
+EXPORT_DIR = "checkpoints"  # under the reference file names: the shipped checkpoints, or a reproduce.py EXPORT_DIR
 # The reference's sampling, as sample-script flags.
 REFERENCE = ["--sampler", "pc", "--num-steps", "500", "--precision", "float32", "--batch-size", "64",
              "--no-denoise-last-step", "--no-compile"]
@@ -45,7 +45,7 @@ def sample_and_evaluate(config, name, flags):
     out_dir = Path(config["OUT_DIR"]) / name
     command = sample_command(script, models, observations, scales, Path(config["EXPORT_DIR"]), out_dir,
                              config["NUM_SAMPLES"], [*flags, "--seed", str(config["SEED"])])
-    stem = out_dir / composition_stem(models, observations, scales)
+    stem = out_dir / composition_stem(models, observations, scales, config["SEED"])
     for argv in (command, ["evaluate_composition.py", f"{stem}.pt"]):
         print(f"running {' '.join(argv)}", flush=True)
         run_script(argv)

@@ -32,8 +32,8 @@ from showcase import SHOWCASE, sample_command  # noqa: E402
 SETTINGS = ["heun-churn:10", "heun-churn:20", "heun-churn:40", "heun:40"]  # <sampler>:<steps> each row is sampled at
 NUM_SAMPLES = 512  # per row and setting
 BATCH_SIZE = 128
-EXPORT_DIR = "checkpoints"  # the checkpoints under the reference file names (reproduce.py's EXPORT_DIR)
-BASELINE_DIR = "results/cpu"  # the committed PC rows (reproduce.py --scale cpu); "" for none
+EXPORT_DIR = "checkpoints"  # under the reference file names: the shipped checkpoints, or a reproduce.py EXPORT_DIR
+BASELINE_DIR = "results/cpu"  # the committed PC rows (reproduce.py --out-dir results/cpu); "" for none
 PRECISION = "auto"
 SIGMA_MIN = 0.05
 CHURN = 40.0
@@ -76,7 +76,7 @@ def measure(config, row, sampler, steps):
     """Sample and evaluate one row at one setting, unless OUT_DIR already holds that evaluation; None where it
     does not and SAMPLE_MISSING is off."""
     script, models, observations, scales = row
-    stem = composition_stem(models, observations, scales)
+    stem = composition_stem(models, observations, scales, config["SEED"])
     out_dir = Path(config["OUT_DIR"]) / f"{sampler}_{steps}"
     report_path, settings_path = out_dir / evaluation_report(stem), out_dir / f"{stem}.json"
     if not report_path.exists() and not config["SAMPLE_MISSING"]:

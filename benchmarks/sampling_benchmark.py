@@ -262,8 +262,6 @@ def print_table(results, header):
 
 def main(argv=None):
     config = configure(globals(), argv, choices={"CASES": CASES, "FAST_PATHS": FAST_PATHS})
-    if config["THREADS"]:
-        torch.set_num_threads(config["THREADS"])
     allocator = malloc_setting(config["KEEP_FREED_MEMORY"])
     torch.manual_seed(config["SEED"])
     device = get_device(config["DEVICE"])

@@ -26,7 +26,7 @@ from showcase import sample_command  # noqa: E402
 NUM_STEPS = [500, 250, 100, 50]  # the PC step counts each row is sampled at
 NUM_SAMPLES = 128  # per row and step count
 BATCH_SIZE = 128
-EXPORT_DIR = "checkpoints"  # the checkpoints under the reference file names (reproduce.py's EXPORT_DIR)
+EXPORT_DIR = "checkpoints"  # under the reference file names: the shipped checkpoints, or a reproduce.py EXPORT_DIR
 SEED = 0
 COMPILE = False
 ONLY = ""  # regular expression over the row labels; empty: every row
@@ -45,11 +45,11 @@ COMPOSITIONS = [
 def sample_and_evaluate(models, observations, scales, out_dir, flags, config):
     """Sample a row with its sample script, evaluate the samples; the evaluation's report."""
     if len(models) == 1:
-        stem = individual_stem(models[0])
+        stem = individual_stem(models[0], config["SEED"])
         command = ["sample_individual_model.py", "--gen-idx", models[0], "--gen-ckpt-dir", config["EXPORT_DIR"],
                    "--out-dir", str(out_dir), "--num-samples", str(config["NUM_SAMPLES"]), *flags]
     else:
-        stem = composition_stem(models, observations, scales)
+        stem = composition_stem(models, observations, scales, config["SEED"])
         script = "sample_3way_composition.py" if len(models) == 3 else "sample_composition.py"
         command = sample_command(script, models, observations, scales, Path(config["EXPORT_DIR"]), out_dir,
                                  config["NUM_SAMPLES"], flags)

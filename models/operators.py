@@ -11,7 +11,6 @@ A ScoreSum has the interface of BinaryDiffusionComposition ((x, t) -> score, `in
 sampler takes it; when all its models are energy-parameterised (models/energy_model.py) it also has the
 summed energy that the Metropolis-corrected samplers need.
 """
-import torch
 import torch.nn as nn
 
 from models.compositions import _FrozenComposition

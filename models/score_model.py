@@ -74,17 +74,27 @@ class ScoreNet(nn.Module):
         self.tgnorm2 = nn.GroupNorm(32, num_channels=c0)
         self.tconv1 = nn.ConvTranspose2d(c0 + c0, input_channels, 3, stride=1)
 
-    def forward(self, x, t):
+    def encode(self, x, t):
+        """The time embedding and the encoder's feature maps [h1, h2, h3, h4] (h4: the bottleneck)."""
         embed = swish(self.embed(t))
         h1 = swish(self.gnorm1(self.conv1(x) + self.dense1(embed)))
         h2 = swish(self.gnorm2(self.conv2(h1) + self.dense2(embed)))
         h3 = swish(self.gnorm3(self.conv3(h2) + self.dense3(embed)))
         h4 = swish(self.gnorm4(self.conv4(h3) + self.dense4(embed)))
+        return embed, [h1, h2, h3, h4]
+
+    def decode(self, embed, features, t):
+        """The score from the encoder's outputs; a joint model's guidance may have moved `features`."""
+        h1, h2, h3, h4 = features
         h = swish(self.tgnorm4(self.tconv4(h4) + self.dense5(embed)))
         h = swish(self.tgnorm3(self.tconv3(torch.cat([h, h3], dim=1)) + self.dense6(embed)))
         h = swish(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
         h = self.tconv1(torch.cat([h, h1], dim=1))
         return h / self.marginal_prob_std(t)[:, None, None, None]
+
+    def forward(self, x, t):
+        embed, features = self.encode(x, t)
+        return self.decode(embed, features, t)
 
 
 def scorenet_config_from_state_dict(state_dict) -> dict:

@@ -13,11 +13,12 @@ RESULTS_HEADER = ["| composition | λ | steps | n | support precision (95% CI) |
 TIMES_HEADING = "\n\nStage wall times (this machine):\n\n"
 
 
-def results_table(out_dir: Path) -> list:
-    """One row per showcase composition, from its evaluation in out_dir; pending rows marked."""
+def results_table(out_dir: Path, seed: int = 0) -> list:
+    """One row per showcase composition, from its evaluation in out_dir (of samples drawn with `seed`); pending
+    rows marked."""
     rows = list(RESULTS_HEADER)
     for _, models, observations, scales in SHOWCASE:
-        stem = composition_stem(models, observations, scales)
+        stem = composition_stem(models, observations, scales, seed)
         name = f"{'/'.join(models)} y={tuple(observations)} | {', '.join(f'{s:g}' for s in scales)}"
         report_path = out_dir / evaluation_report(stem)
         if not report_path.exists():
@@ -46,11 +47,11 @@ def times_table(timings: dict) -> list:
     return ["| stage | wall time (s) |", "|---|---|", *timed] if timed else []
 
 
-def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Path:
-    """<out_dir>.md beside out_dir (results/<scale>.md by default): the results table, then stage times; also
+def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0, named: bool = False) -> Path:
+    """<out_dir>.md beside out_dir (<RUN_DIR>/results.md by default): the results table, then stage times; also
     the tables between the markers named after out_dir (<!-- results:cpu --> ... <!-- /results:cpu --> for
-    results/cpu) in README and docs/*.md, where they have them."""
-    rows = results_table(out_dir)
+    results/cpu) in README and docs/*.md, where they have them. `named`: the call named out_dir (--out-dir)."""
+    rows = results_table(out_dir, seed)
     times = "\n".join(times_table(timings))
     path = out_dir.parent / f"{out_dir.name}.md"
     previous = path.read_text() if path.exists() else ""
@@ -59,7 +60,8 @@ def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0) -> Pa
         # A run dir without timings (--summary-only over rows sampled elsewhere, or a run dir since deleted)
         # keeps the times an earlier call measured.
         times_section = TIMES_HEADING + previous.split(TIMES_HEADING, 1)[1]
-    command = f"python reproduce.py --scale {scale}" + (f" --seed {seed}" if seed else "")
+    command = (f"python reproduce.py --scale {scale}" + (f" --seed {seed}" if seed else "")
+               + (f" --out-dir {Path(os.path.relpath(out_dir))}" if named else ""))
     path.write_text(f"Written by `{command}` into `{Path(os.path.relpath(out_dir))}/` "
                     f"(README gives the full commands).\n\n" + "\n".join(rows) + (times_section or "\n"))
     for document in [Path("README.md"), *sorted(Path("docs").glob("*.md"))]:

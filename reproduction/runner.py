@@ -26,6 +26,7 @@ class Stage:
     command: list = None  # argv after the interpreter, run as a subprocess
     action: Callable = None  # or a quick function run in this process (exports)
     after: tuple = ()  # names of the stages that must finish first
+    inputs: tuple = ()  # files it reads: an output older than one of them is redone (an export over an older file)
 
 
 def matches(only, name: str) -> bool:
@@ -72,14 +73,14 @@ class Pipeline:
         (outputs made from older inputs are redone)."""
         selected = [s for s in self.stages if matches(self.only, s.name)]
         done = {s.name for s in self.stages if s not in selected}  # outside --only: taken as done
-        ran = set()  # the stages that ran (or would run, in a dry run) in this call
+        ran = set()  # the stages that ran in this call
         if self.dry_run:
+            runs = self.to_run()
             for s in selected:
-                if self._up_to_date(s, ran):
-                    print(f"[skip] {s.name}: done ({s.outputs[0]})", flush=True)
-                else:
-                    ran.add(s.name)
+                if s in runs:
                     print(f"[run ] {s.name}" + (f": {' '.join(s.command)}" if s.command else ""), flush=True)
+                else:
+                    print(f"[skip] {s.name}: done ({s.outputs[0]})", flush=True)
             return
         waiting, started, running, failed, last_status = selected, time.time(), {}, [], time.time()
         while waiting or running:
@@ -124,9 +125,22 @@ class Pipeline:
             self._record(WALL_TIME_KEY, time.time() - started)
             print(f"[done] {len(ran)} stages in {self.timings[WALL_TIME_KEY]:.0f} s of wall time", flush=True)
 
+    def to_run(self) -> list:
+        """The stages a run would run (where all succeed): those --only selects that are not up to date."""
+        ran = set()
+        for s in self.stages:
+            if matches(self.only, s.name) and not self._up_to_date(s, ran):
+                ran.add(s.name)
+        return [s for s in self.stages if s.name in ran]
+
     @staticmethod
     def _up_to_date(s, ran):
-        return all(p.exists() for p in s.outputs) and not any(d in ran for d in s.after)
+        if not all(p.exists() for p in s.outputs) or any(d in ran for d in s.after):
+            return False
+        # Outputs that predate an input were not made from it: e.g. the shipped checkpoints in the place of an
+        # export of models trained since (--export-dir checkpoints after a run into the default one).
+        oldest = min(p.stat().st_mtime_ns for p in s.outputs)
+        return all(p.stat().st_mtime_ns <= oldest for p in s.inputs if p.exists())
 
     def _start(self, s):
         """Launch a stage; with parallel jobs its output goes to a log file (progress lines show it)."""

@@ -13,9 +13,9 @@ import torch
 
 from artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, REFERENCE_EPOCH, REFERENCE_STEPS,
                        SUBDIGITS_CLASSIFIER, THREE_WAY_CLASSIFIER, base_model_checkpoint, classifier_checkpoint,
-                       composition_stem, evaluation_report, individual_stem, reference_classifier_checkpoint,
-                       train_state)
-from checkpoints import atomic_save, half_state_dict
+                       composition_stem, evaluation_report, individual_stem, provenance_sidecar,
+                       reference_classifier_checkpoint, train_state)
+from checkpoints import atomic_save, atomic_write_text, half_state_dict, is_shipped, record_shipped, refuse_shipped
 from recipes import PRESETS
 from reproduction.runner import Stage
 from showcase import SHOWCASE, sample_command
@@ -34,6 +34,7 @@ class Plan:
     denoise_last_step: bool  # of the showcase samples
     num_samples: int  # of each showcase row
     num_steps: int = None  # of every sample; None: the scale's for the sampler
+    replace_shipped: bool = False  # the exports may replace the files shipped with the repository
 
 
 def final_epoch(preset: str, epochs: int = None) -> int:
@@ -43,9 +44,21 @@ def final_epoch(preset: str, epochs: int = None) -> int:
     return min(epochs - 1, REFERENCE_EPOCH) if epochs else REFERENCE_EPOCH
 
 
-def export_checkpoint(source: Path, target: Path, half: bool):
+def export_checkpoint(source: Path, target: Path, half: bool, replace_shipped=False):
+    """Copy a checkpoint (in half precision if `half`) and its provenance sidecar, if any. Replacing a shipped file
+    (only with `replace_shipped`) also rewrites its line, and its sidecar's, in the shipped manifest."""
     state = torch.load(source, map_location="cpu", weights_only=True)
-    atomic_save(half_state_dict(state) if half else state, target)
+    shipped = is_shipped(target)
+    atomic_save(half_state_dict(state) if half else state, target, replace_shipped)
+    sidecar, target_sidecar = provenance_sidecar(source), provenance_sidecar(target)
+    if sidecar.is_file():
+        atomic_write_text(target_sidecar, sidecar.read_text(), replace_shipped)
+    elif target_sidecar.exists():  # an earlier export's sidecar would describe another classifier
+        if not replace_shipped:
+            refuse_shipped([target_sidecar], "choose another --export-dir")
+        target_sidecar.unlink()
+    if shipped:
+        record_shipped([target, target_sidecar])
 
 
 def stage_graph(plan: Plan, selects) -> list:
@@ -57,8 +70,8 @@ def stage_graph(plan: Plan, selects) -> list:
     seed = ["--seed", str(plan.seed)]
     stages = []
 
-    def stage(name, outputs, command=None, action=None, after=()):
-        stages.append(Stage(name, [Path(p) for p in outputs], command, action, tuple(after)))
+    def stage(name, outputs, command=None, action=None, after=(), inputs=()):
+        stages.append(Stage(name, [Path(p) for p in outputs], command, action, tuple(after), tuple(inputs)))
         return name
 
     def pool_flags(pools):
@@ -72,8 +85,9 @@ def stage_graph(plan: Plan, selects) -> list:
         trained = stage(f"base {g}", [final], ["train_diffusion.py", "--gen-idx", g, "--ckpt-dir", str(run_dir),
                                                "--preset", preset, *seed, *resume,
                                                *(["--epochs", str(epochs)] if epochs else [])])
-        return stage(f"export {g}", [exported], after=[trained],
-                     action=lambda: export_checkpoint(final, exported, settings["half_precision"]))
+        return stage(f"export {g}", [exported], after=[trained], inputs=[final],
+                     action=lambda: export_checkpoint(final, exported, settings["half_precision"],
+                                                      plan.replace_shipped))
 
     def train_classifier(name, classifier_name, command, after):
         """Train for the scale's number of steps; export under the reference step's file name."""
@@ -82,8 +96,9 @@ def stage_graph(plan: Plan, selects) -> list:
         exported = Path(reference_classifier_checkpoint(classifier_name, export_dir))
         stage(name, [trained], [*command, "--steps", str(steps), "--gen-ckpt-dir", str(export_dir),
                                 "--ckpt-dir", str(run_dir), *seed, "--overwrite"], after=after)
-        return stage(f"export {name}", [exported], after=[name],
-                     action=lambda: export_checkpoint(trained, exported, settings["half_precision"]))
+        return stage(f"export {name}", [exported], after=[name], inputs=[trained],
+                     action=lambda: export_checkpoint(trained, exported, settings["half_precision"],
+                                                      plan.replace_shipped))
 
     exports = {g: train_base_model(g) for g in ["MN1", "MN2", "MN3"]}
     three_way_bases = list(exports.values())
@@ -112,23 +127,24 @@ def stage_graph(plan: Plan, selects) -> list:
     # Each base model alone, evaluated: the rows' plug-in targets (what these base models allow).
     base_evaluations = {}
     for g in exports:
-        individual = out_dir / f"{individual_stem(g)}.pt"
+        alone = individual_stem(g, plan.seed)
+        individual = out_dir / f"{alone}.pt"
         sampled = stage(f"sample individual {g}", [individual], [
             "sample_individual_model.py", "--gen-idx", g, "--gen-ckpt-dir", str(export_dir), "--out-dir",
             str(out_dir), "--num-samples", str(settings["individual_samples"]), *sample_flags,
             "--num-steps", str(plan.num_steps or steps_of["individual"])], after=[exports[g]])
-        base_evaluations[g] = stage(f"evaluate individual {g}", [out_dir / evaluation_report(individual_stem(g))],
+        base_evaluations[g] = stage(f"evaluate individual {g}", [out_dir / evaluation_report(alone)],
                                     ["evaluate_composition.py", str(individual)], after=[sampled])
     # The 3-way rows, the longest, first: in a parallel run the last stages then end close together.
     for script, models, observations, scales in sorted(SHOWCASE, key=lambda row: len(row[1]) < 3):
-        stem = composition_stem(models, observations, scales)
+        stem = composition_stem(models, observations, scales, plan.seed)
         classifiers = [three_way, conditional] if len(models) == 3 else [subdigits if models == ["1", "2"] else binary]
         steps = plan.num_steps or steps_of["samples"][len(models)]
         sampled = stage(f"sample {stem}", [out_dir / f"{stem}.pt"],
                         sample_command(script, models, observations, scales, export_dir, out_dir, plan.num_samples,
                                        [*sample_flags, "--num-steps", str(steps)]),
                         after=[*(exports[g] for g in models), *classifiers])
-        individual_evaluations = [out_dir / evaluation_report(individual_stem(g)) for g in models]
+        individual_evaluations = [out_dir / evaluation_report(individual_stem(g, plan.seed)) for g in models]
         plug_in = all(selects(base_evaluations[g]) or path.exists() for g, path in zip(models, individual_evaluations))
         stage(f"evaluate {stem}", [out_dir / evaluation_report(stem)],
               ["evaluate_composition.py", str(out_dir / f"{stem}.pt"),

@@ -46,6 +46,12 @@ class Sampler:
         if self.name == "heun-churn" and self.churn <= 0:
             raise ValueError(f"heun-churn needs churn > 0 (churn 0 is the deterministic 'heun'), got {self.churn}")
 
+    def check_fits(self, sde) -> None:
+        """A ValueError where the grid cannot be built for `sde`: heun*'s sigma_min must lie below the prior's std."""
+        if self.name != "pc" and self.sigma_min is not None and self.sigma_min >= sde.prior_std():
+            raise ValueError(f"sigma_min must be below the prior's noise level {sde.prior_std():.3g}, "
+                             f"got {self.sigma_min}")
+
     @property
     def evaluations_per_sample(self) -> int:
         """Score-model calls per sample: PC two per step, Heun two per step between levels (+1 denoising)."""

@@ -72,3 +72,40 @@ def test_other_architecture_says_expected_and_found(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(UserError, match="not a ScoreNet"):
         load_score_model(path, VESDE())
+
+
+def test_atomic_save_removes_what_a_killed_writer_of_the_same_target_left(tmp_path):
+    """A SIGKILL during atomic_save leaves its hidden temporary; the next save of that target removes it, and only
+    temporaries of that target."""
+    stale = tmp_path / ".ckpt.pth.x1y2z3.tmp"
+    other = tmp_path / ".other.pth.a1b2c3.tmp"
+    lookalike = tmp_path / ".ckpt.pth.bak"
+    for path in (stale, other, lookalike):
+        path.write_bytes(b"partial")
+    atomic_save({"a": torch.ones(2)}, tmp_path / "ckpt.pth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.pth", other.name, lookalike.name])
+
+
+def test_an_empty_training_state_says_so(tmp_path):
+    path = tmp_path / "gen_M1_train_state.pth"
+    path.write_bytes(b"")
+    with pytest.raises(UserError, match=r"cannot read checkpoint .*: empty file; recreate it with train_diffusion.py"):
+        checkpoints.read_training_state(path)
+    torch.save({"a": 1}, path)
+    with pytest.raises(UserError, match="not a training state"):
+        checkpoints.read_training_state(path)
+
+
+def test_file_hash_is_of_the_content_and_follows_a_rewrite(tmp_path):
+    import hashlib
+
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"first")
+    assert checkpoints.file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    path.write_bytes(b"other")  # the same size: the cache must still see the new content
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert checkpoints.file_sha256(path) == hashlib.sha256(b"other").hexdigest()
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(b"other")
+    assert checkpoints.file_sha256(copy) == checkpoints.file_sha256(path)  # by content, not by name

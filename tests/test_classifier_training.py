@@ -2,6 +2,7 @@
 on analytic 2-D base models, and the three training scripts on tiny networks."""
 import json
 import math
+import signal
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ from models.score_model import ScoreNet
 from samplers import Sampler, pc_trajectory_sampler, time_grid
 from sde import VESDE
 from tests.analytic import GaussianMixtureBases
-from checkpoints import load_classifier
+from checkpoints import classifier_provenance, file_sha256, load_classifier, write_provenance
+from stopping import TrainingStopped
 
 SDE = VESDE()
 COMPONENT_STD = 0.5
@@ -247,7 +249,13 @@ def test_train_classifier_writes_loadable_checkpoints_and_plot(tiny_base_checkpo
     assert [entry["pool_refreshes"] for entry in history] == [0, 1, 1]
     assert history[-1]["result"].accuracy.shape[1] == 2
     assert {p.name for p in tmp_path.iterdir()} == {"classifier_ckpt_1.pth", "classifier_ckpt_2.pth",
+                                                    "classifier_ckpt_1.pth.provenance.json",
+                                                    "classifier_ckpt_2.pth.provenance.json",
                                                     "classifier_accuracy.png", "classifier_tests.json"}
+    # Each checkpoint records the base models it was trained on, by name and content.
+    provenance = json.loads((tmp_path / "classifier_ckpt_2.pth.provenance.json").read_text())
+    assert [(entry["name"], entry["sha256"]) for entry in provenance["base_models"]] == [
+        (g, file_sha256(tiny_base_checkpoints / f"gen_{g}_ckpt_195.pth")) for g in ("M1", "M2")]
     # The same history on disk, for a run in another process.
     written = json.loads((tmp_path / "classifier_tests.json").read_text())
     assert [(entry["step"], entry["pool_refreshes"]) for entry in written] == [(0, 0), (1, 1), (2, 1)]
@@ -256,6 +264,41 @@ def test_train_classifier_writes_loadable_checkpoints_and_plot(tiny_base_checkpo
     assert classifier.trunk.conv1.weight.shape == (4, 3, 3, 3)
     with pytest.raises(UserError, match="--overwrite"):
         train_classifier.main(TINY + ["--gen-ckpt-dir", str(tiny_base_checkpoints), "--ckpt-dir", str(tmp_path)])
+
+
+def test_overwrite_removes_the_earlier_runs_files_and_only_those(tiny_base_checkpoints, tmp_path):
+    args = TINY + ["--gen-ckpt-dir", str(tiny_base_checkpoints), "--ckpt-dir", str(tmp_path)]
+    train_classifier.main(args)  # checkpoints 1 and 2
+    others = ["subdigits_classifier_ckpt_1.pth", "classifier_ckpt_best.pth", "notes.txt"]
+    for name in others:
+        (tmp_path / name).write_text("another run's, or the user's")
+    train_classifier.main(args + ["--steps", "1", "--overwrite"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["classifier_ckpt_1.pth", "classifier_ckpt_1.pth.provenance.json", "classifier_accuracy.png",
+         "classifier_tests.json", *others])
+
+
+def test_a_signal_stops_classifier_training_after_the_step_saving_it(tiny_base_checkpoints, tmp_path, monkeypatch):
+    import classifier_training
+
+    real_loss = classifier_training.joint_training_loss
+
+    def loss_then_signal(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(classifier_training, "joint_training_loss", loss_then_signal)
+    with pytest.raises(TrainingStopped) as caught:
+        train_classifier.main(TINY + ["--gen-ckpt-dir", str(tiny_base_checkpoints), "--ckpt-dir", str(tmp_path),
+                                      "--ckpt-every", "5"])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    saved = tmp_path / "classifier_ckpt_1.pth"
+    assert str(caught.value) == (
+        f"stopped at step 1 of 2 (SIGTERM); the classifier so far is saved to {saved}; classifier training cannot "
+        f"resume (its optimizer state and trajectory pool are not saved): rerun with --overwrite to start over")
+    load_classifier(saved, JointYClassifier, "cpu", "train_classifier.py")
+    assert (tmp_path / "classifier_ckpt_1.pth.provenance.json").is_file()
 
 
 @pytest.mark.parametrize("fast_path", [[], ["--compile", "--precision", "bfloat16"]])
@@ -268,6 +311,24 @@ def test_train_conditional_classifier_on_compositions(fast_path, tiny_base_check
                                                                "--classifier-ckpt", str(joint_path)])
     load_classifier(tmp_path / "3way_conditional_classifier_ckpt_2.pth", ThreeWayConditionalYClassifier, "cpu",
                     "train_3way_conditional_classifier.py")
+    provenance = json.loads((tmp_path / "3way_conditional_classifier_ckpt_2.pth.provenance.json").read_text())
+    assert provenance["joint_classifier"]["sha256"] == file_sha256(joint_path)
+    assert [entry["name"] for entry in provenance["base_models"]] == ["MN1", "MN2", "MN3"]
+
+
+def test_conditional_training_refuses_a_joint_classifier_of_other_base_models(tiny_base_checkpoints, tmp_path):
+    joint_path = tmp_path / "3way_classifier_ckpt_700.pth"
+    torch.save(ThreeWayJointYClassifier(embed_dim=8, t_embed_dim=8, input_channels=3, channels=(4, 4)).state_dict(),
+               joint_path)
+    write_provenance(joint_path, classifier_provenance(
+        [(g, tiny_base_checkpoints / f"gen_{g}_ckpt_195.pth") for g in ("M1", "M2", "MN3")]))
+    args = TINY + ["--steps", "1", "--gen-ckpt-dir", str(tiny_base_checkpoints), "--ckpt-dir", str(tmp_path / "run"),
+                   "--classifier-ckpt", str(joint_path)]
+    with pytest.raises(UserError, match=f"{joint_path} was trained on M1, M2, MN3, not MN1, MN2, MN3; .*--force"):
+        train_3way_conditional_classifier.main(args)
+    train_3way_conditional_classifier.main(args + ["--force"])
+    provenance = json.loads((tmp_path / "run" / "3way_conditional_classifier_ckpt_1.pth.provenance.json").read_text())
+    assert "not MN1, MN2, MN3" in provenance["forced"]
 
 
 @pytest.mark.parametrize("script,args,message", [

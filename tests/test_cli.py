@@ -33,6 +33,8 @@ STEPS = 3  # optimizer steps of this test
 SEED = 0
 NAMES = ["a"]
 SAMPLER = None
+SCALES = [1.0]
+THREADS = 0
 TABLE = {"not": "a setting"}
 
 # A heading, not a comment of SEED's.
@@ -52,9 +54,10 @@ def test_settings_and_their_help_come_from_the_source(tmp_path):
     comment = commented_globals(values["__file__"])["STEPS"]
     assert comment == "optimizer steps of this test (a second line of the same comment)"
     helps = setting_help(values)
-    assert list(helps) == ["STEPS", "SEED", "NAMES", "SAMPLER"]  # TABLE is no plain value
+    assert list(helps) == ["STEPS", "SEED", "NAMES", "SAMPLER", "SCALES", "THREADS"]  # TABLE is no plain value
     assert helps["SEED"] == KNOWN["SEED"].help  # no comment of its own: the shared help
-    assert configure(values, []) == {"STEPS": 3, "SEED": 0, "NAMES": ["a"], "SAMPLER": None}
+    assert configure(values, []) == {"STEPS": 3, "SEED": 0, "NAMES": ["a"], "SAMPLER": None, "SCALES": [1.0],
+                                     "THREADS": 0}
     assert configure(values, ["--steps", "5", "--names", "b", "c", "--sampler", "heun"])["NAMES"] == ["b", "c"]
     assert "NAMES" not in configure(values, [], exclude=["NAMES"])
 
@@ -63,7 +66,24 @@ def test_settings_and_their_help_come_from_the_source(tmp_path):
     (["--steps", "0"], "--steps must be positive, got 0"),
     (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--sampler", "euler"], "invalid choice: 'euler'"),
+    (["--scales", "1", "nan"], r"--scales must be a finite number, got \[1.0, nan\]"),
+    (["--scales=-inf"], r"--scales must be a finite number, got \[-inf\]"),
+    (["--scales", "1e999"], r"--scales must be a finite number, got \[inf\]"),
+    (["--threads", "-2"], "--threads must be >= 0, got -2"),
 ])
 def test_a_shared_name_is_checked_alike_in_every_script(tmp_path, argv, message):
     with pytest.raises(UserError, match=message):
         configure(namespace(tmp_path), argv)
+
+
+def test_threads_take_effect_when_the_settings_are_read(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        configure(namespace(tmp_path), ["--threads", "2"])
+        assert torch.get_num_threads() == 2
+        configure(namespace(tmp_path), [])  # 0: torch's default, left as it is
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -205,7 +205,7 @@ def test_sample_composition_script(tmp_path):
                     "checkpoints": [str(tmp_path / f"gen_{g}_ckpt_195.pth") for g in ("M1", "M2")],
                     "classifier_checkpoints": [classifier], "sampler": "pc", "num_steps": 2, "snr": 0.16, "seed": 0,
                     "precision": "float32", "precision_setting": "float32", "compile": False, "device": "cpu",
-                    "denoise_last_step": False, "score_evaluations_per_sample": 4}
+                    "denoise_last_step": False, "score_evaluations_per_sample": 4, "num_samples": 3, "batch_size": 2}
     assert torch.load(stem.with_suffix(".pt")).shape == (3, 3, 28, 28) and stem.with_suffix(".png").is_file()
     with pytest.raises(UserError, match="train_classifier.py"):
         sample_composition.main(common + ["--classifier-ckpt", str(tmp_path / "missing.pth")])
@@ -221,9 +221,10 @@ def test_sample_3way_composition_script(tmp_path):
     assert meta["observations"] == [1, 2, 3] and meta["guidance_scales"] == [10.0, 75.0]
     assert meta["denoise_last_step"] is True
     assert meta["classifier_checkpoints"] == [joint, conditional]
-    # Another sampler: its settings and its cost are what the .json records.
+    # Another sampler: its settings and its cost are what the .json records (replacing samples of other settings
+    # takes --overwrite).
     sample_3way_composition.main(common + ["--conditional-classifier-ckpt", conditional, "--sampler", "heun-churn",
-                                           "--num-steps", "3", "--sigma-min", "0.1", "--churn", "5"])
+                                           "--num-steps", "3", "--sigma-min", "0.1", "--churn", "5", "--overwrite"])
     meta = json.loads((tmp_path / "out" / "composition_MN1_MN2_MN3_y1-1_y2-2_y3-3_g10_g75.json").read_text())
     assert (meta["sampler"], meta["num_steps"], meta["sigma_min"], meta["churn"]) == ("heun-churn", 3, 0.1, 5.0)
     assert meta["score_evaluations_per_sample"] == 4 and "snr" not in meta

@@ -1,12 +1,15 @@
 """reproduce.py and its parts: the stage graph, the runner (with a fake launcher), checkpoint export, the report."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 import reproduce
-from artefacts import composition_stem
-from checkpoints import load_score_model
+import checkpoints
+from artefacts import composition_stem, provenance_sidecar
+from checkpoints import is_shipped, load_classifier, load_score_model, record_shipped
 from errors import UserError
 from models.score_model import ScoreNet
 from reproduction.report import write_summary
@@ -107,13 +110,59 @@ def test_another_seed_is_a_replicate_in_its_own_directories(tmp_path, capsys, mo
     # Every training and sampling stage: 7 base models, 4 classifiers, each base model alone, the showcase.
     assert sum("--seed 2 " in line for line in lines) == 7 + 4 + 7 + len(SHOWCASE)
     base = next(line for line in lines if line.startswith("[run ] base MN1:"))
-    sample = next(line for line in lines if line.startswith("[run ] sample composition_1_2_y1-1_y2-2_g20:"))
+    sample = next(line for line in lines if line.startswith("[run ] sample composition_1_2_y1-1_y2-2_g20"))
     # Neither the seed-0 run's finished stages nor the committed checkpoints are touched.
     assert "--ckpt-dir runs/cpu_seed2 " in base
-    assert "--gen-ckpt-dir runs/cpu_seed2/checkpoints " in sample and "--out-dir results/cpu_seed2 " in sample
+    assert "--gen-ckpt-dir runs/cpu_seed2/checkpoints " in sample and "--out-dir runs/cpu_seed2/results " in sample
     assert not (tmp_path / "checkpoints").exists()
     with pytest.raises(UserError, match="--seed must be >= 0"):
         reproduce.main(["--dry-run", "--seed", "-1"])
+
+
+def planned_paths(pipeline):
+    """Every file a plan writes or names: the stages' outputs and every path in their commands."""
+    paths = [path for stage in pipeline.stages for path in stage.outputs]
+    return paths + [Path(arg) for stage in pipeline.stages for arg in stage.command or [] if "/" in arg]
+
+
+@pytest.mark.parametrize("argv, run_dir", [([], "cpu"), (["--scale", "paper"], "paper"), (["--seed", "1"], "cpu_seed1")])
+def test_a_plain_run_writes_only_under_runs(tmp_path, capsys, monkeypatch, argv, run_dir):
+    monkeypatch.chdir(tmp_path)  # the default directories are relative to the working directory
+    readme = "<!-- results:cpu -->\nthe committed table\n<!-- /results:cpu -->\n"
+    (tmp_path / "README.md").write_text(readme)
+    paths = planned_paths(reproduce.main(["--dry-run", *argv]))
+    assert len(paths) > 100 and all(path.resolve().is_relative_to(tmp_path / "runs") for path in paths)
+    # Its summary: <RUN_DIR>/results.md, and no document's table (none is named "results:results").
+    reproduce.main(["--summary-only", *argv])
+    assert (tmp_path / "runs" / run_dir / "results.md").exists() and (tmp_path / "README.md").read_text() == readme
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md", "runs"]
+    repository = Path(reproduce.__file__).parent
+    for document in [repository / "README.md", *(repository / "docs").glob("*.md")]:
+        assert "results:results" not in document.read_text(), document
+
+
+def test_the_committed_set_is_rebuilt_only_when_named(shipped_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    committed = ["--export-dir", "checkpoints", "--replace-shipped", "--out-dir", "results/cpu"]
+    pipeline = reproduce.main(["--dry-run", *committed])
+    exports = [path for stage in pipeline.stages if stage.name.startswith("export") for path in stage.outputs]
+    assert len(exports) == 11 and all(path.parent == shipped_folder.relative_to(tmp_path) for path in exports)
+    others = [path for path in planned_paths(pipeline) if path not in exports]  # what the stages read from there
+    assert all(path.parts[:2] in {("runs", "cpu"), ("results", "cpu")} for path in others)
+    # After a plain run has trained MN1 into runs/cpu, the older shipped file is no export of it: the rebuild
+    # replaces it (asked to), rather than skipping the export because a file of that name exists.
+    ship(shipped_folder, "gen_MN1_ckpt_195.pth", b"shipped")
+    trained = tmp_path / "runs" / "cpu" / "gen_MN1_ckpt_23.pth"
+    trained.write_bytes(b"trained")
+    os.utime(shipped_folder / "gen_MN1_ckpt_195.pth", ns=(trained.stat().st_mtime_ns - 10**9,) * 2)
+    lines = stage_lines(capsys, ["--dry-run", *committed])
+    assert "[skip] base MN1: done (runs/cpu/gen_MN1_ckpt_23.pth)" in lines and "[run ] export MN1" in lines
+    with pytest.raises(UserError, match="gen_MN1_ckpt_195.pth is shipped with the repository"):
+        reproduce.main(committed[:2])
+    # An export newer than what it was made from is done.
+    os.utime(shipped_folder / "gen_MN1_ckpt_195.pth", ns=(trained.stat().st_mtime_ns + 10**9,) * 2)
+    lines = stage_lines(capsys, ["--dry-run", *committed])
+    assert "[skip] export MN1: done (checkpoints/gen_MN1_ckpt_195.pth)" in lines
 
 
 class FakeLauncher:
@@ -223,6 +272,58 @@ def test_export_halves_storage_and_loading_restores_float32(tmp_path):
         torch.testing.assert_close(loaded.state_dict()[key], value, atol=2e-3, rtol=1e-3)
 
 
+@pytest.fixture
+def shipped_folder(tmp_path, monkeypatch):
+    """tmp_path/checkpoints as a repository's shipped folder, with a manifest of its own; the real one untouched."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    monkeypatch.setattr(checkpoints, "MANIFEST", folder / "MANIFEST.sha256")
+    return folder
+
+
+def ship(folder, name, content):
+    """Write checkpoints/<name> and list it in the manifest."""
+    (folder / name).write_bytes(content)
+    record_shipped([folder / name])
+
+
+def test_a_run_that_would_replace_a_shipped_checkpoint_stops_before_it_starts(shipped_folder, tmp_path, capsys):
+    ship(shipped_folder, "gen_MN1_ckpt_195.pth", b"shipped")
+    dirs = ["--run-dir", str(tmp_path / "run"), "--export-dir", str(shipped_folder), "--out-dir", str(tmp_path / "out")]
+    with pytest.raises(UserError) as caught:
+        reproduce.main(dirs)
+    assert str(caught.value) == (
+        f"{shipped_folder / 'gen_MN1_ckpt_195.pth'} is shipped with the repository (listed in "
+        f"checkpoints/MANIFEST.sha256) and is never replaced or removed; pass --export-dir {tmp_path / 'run'}/"
+        f"checkpoints to export beside it")
+    assert not (tmp_path / "run" / "timings.json").exists() and not (tmp_path / "run" / "logs").exists()
+    stage_lines(capsys, ["--dry-run", *dirs])  # listing the stages is no write
+    assert (shipped_folder / "gen_MN1_ckpt_195.pth").read_bytes() == b"shipped"
+
+
+def test_export_copies_the_provenance_and_replaces_shipped_files_only_when_asked(shipped_folder, tmp_path):
+    from models.classifier_model import JointYClassifier
+
+    trained = tmp_path / "classifier_ckpt_50.pth"
+    torch.save(JointYClassifier(embed_dim=8, t_embed_dim=8, input_channels=3, channels=(4, 4)).state_dict(), trained)
+    provenance_sidecar(trained).write_text('{"base_models": []}\n')
+    exported = shipped_folder / "classifier_ckpt_200.pth"
+    ship(shipped_folder, exported.name, b"shipped")
+    with pytest.raises(UserError, match="is shipped with the repository"):
+        export_checkpoint(trained, exported, half=True)
+    assert exported.read_bytes() == b"shipped" and not provenance_sidecar(exported).exists()
+    export_checkpoint(trained, exported, half=True, replace_shipped=True)
+    assert provenance_sidecar(exported).read_text() == '{"base_models": []}\n'
+    # The manifest now lists the new files: they load, and are shipped in turn.
+    assert is_shipped(exported) and is_shipped(provenance_sidecar(exported))
+    load_classifier(exported, JointYClassifier, "cpu", "train_classifier.py")
+    # An export outside the shipped files copies the sidecar too, and leaves the manifest alone.
+    manifest = (shipped_folder / "MANIFEST.sha256").read_text()
+    export_checkpoint(trained, tmp_path / "elsewhere.pth", half=False)
+    assert provenance_sidecar(tmp_path / "elsewhere.pth").is_file()
+    assert (shipped_folder / "MANIFEST.sha256").read_text() == manifest
+
+
 def write_first_row_evaluation(out_dir):
     """An evaluation report for the first showcase row in out_dir, as evaluate_composition.py writes it; its stem."""
     out_dir.mkdir(parents=True)
@@ -276,6 +377,22 @@ def test_summary_of_another_out_dir_leaves_readme_alone(tmp_path, monkeypatch):
     assert path == tmp_path / "results" / "cpu_fresh.md" and "| base M1 | 10 |" in path.read_text()
     assert (tmp_path / "README.md").read_text() == readme
     assert "`python reproduce.py --scale cpu --seed 3`" in write_summary(out_dir, "cpu", {}, seed=3).read_text()
+
+
+def test_summary_only_of_the_committed_rows_keeps_their_times(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("<!-- results:cpu -->\nold table\n<!-- /results:cpu -->\n")
+    stem = write_first_row_evaluation(tmp_path / "results" / "cpu")
+    (tmp_path / "runs" / "cpu").mkdir(parents=True)
+    (tmp_path / "runs" / "cpu" / "timings.json").write_text(json.dumps({"base M1": 100.0}))
+    # runs/cpu holds a plain run's times, not those of the rows in results/cpu.
+    reproduce.main(["--summary-only", "--out-dir", "results/cpu"])
+    text = (tmp_path / "results" / "cpu.md").read_text()
+    assert text.startswith("Written by `python reproduce.py --scale cpu --out-dir results/cpu` into `results/cpu/`")
+    assert "Stage wall times" not in text
+    assert f"[png](results/cpu/{stem}.png)" in (tmp_path / "README.md").read_text()
+    reproduce.main(["--summary-only", "--out-dir", "results/cpu", "--run-dir", "runs/cpu"])  # named: they are
+    assert "| base M1 | 100 |" in (tmp_path / "results" / "cpu.md").read_text()
 
 
 def test_summary_rewrites_the_tables_of_docs_with_links_from_their_folder(tmp_path, monkeypatch):

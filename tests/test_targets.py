@@ -2,7 +2,8 @@
 import pytest
 
 from errors import UserError
-from targets import cell_name, target_distribution
+from custom_datasets import cell_name
+from targets import target_distribution
 
 
 def rounded(target):

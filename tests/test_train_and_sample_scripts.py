@@ -1,15 +1,19 @@
 """train_diffusion.py and sample_individual_model.py: CLI, resume, bad input."""
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 import train_diffusion
+import training
 import sample_individual_model
 from cli import flag_name, setting_help
 from errors import UserError
+from stopping import TrainingStopped
 
 TINY = ["--gen-idx", "M1", "--channels", "32", "32", "32", "32", "--embed-dim", "16", "--train-subset", "64",
         "--batch-size", "32", "--epochs", "2", "--save-every", "1"]
@@ -43,14 +47,14 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
     train_diffusion.main(TINY + ["--ckpt-dir", str(whole), "--data-root", str(data_root)])
 
     interrupted = tmp_path / "interrupted"
-    real_save = train_diffusion.atomic_save
+    real_save = training.atomic_save  # what writes the training state
 
     def save_then_crash(obj, path):
         real_save(obj, path)
         if str(path).endswith("train_state.pth") and obj["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_diffusion, "atomic_save", save_then_crash)
+    monkeypatch.setattr(training, "atomic_save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train_diffusion.main(TINY + ["--ckpt-dir", str(interrupted), "--data-root", str(data_root)])
     monkeypatch.undo()
@@ -61,6 +65,62 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, monkeypatch):
     b = torch.load(interrupted / "gen_M1_ckpt_1.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (whole / "gen_M1_loss.png").stat().st_size > 0
+
+    # SIGINT in the middle of an epoch (the first step of 2 in epoch 0): the state at that step is saved, the run
+    # stops with one line, the signal handlers are put back, and --resume ends bit-identical.
+    stopped = tmp_path / "stopped"
+    real_loss, calls = train_diffusion.denoising_score_matching_loss, []
+
+    def loss_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train_diffusion, "denoising_score_matching_loss", loss_then_signal)
+    with pytest.raises(TrainingStopped) as caught:
+        train_diffusion.main(TINY + ["--ckpt-dir", str(stopped), "--data-root", str(data_root)])
+    monkeypatch.undo()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert str(caught.value) == (f"stopped at epoch 0 step 1 of 2 (SIGINT); state saved to "
+                                 f"{stopped / 'gen_M1_train_state.pth'}; continue with the same command plus --resume")
+    assert torch.load(stopped / "gen_M1_train_state.pth", weights_only=False)["position"] == 1
+    train_diffusion.main(TINY + ["--ckpt-dir", str(stopped), "--data-root", str(data_root), "--resume"])
+    assert len(calls) == 1
+    a = torch.load(whole / "gen_M1_ckpt_1.pth")
+    b = torch.load(stopped / "gen_M1_ckpt_1.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    states = [torch.load(folder / "gen_M1_train_state.pth", weights_only=False) for folder in (whole, stopped)]
+    assert states[0]["losses"] == states[1]["losses"]
+
+
+def test_sigterm_saves_the_state_and_says_how_to_resume(tmp_path):
+    """A real SIGTERM to a running training process: exit 2, the last line says where the state is."""
+    args = [sys.executable, "train_diffusion.py", *TINY, "--epochs", "1000", "--ckpt-dir", str(tmp_path), "--device",
+            "cpu"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "gen_M1_train_state.pth"
+    deadline = time.time() + 120
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 2
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("train_diffusion.py: error: stopped at epoch ") and "(SIGTERM); state saved to " in last
+    assert last.endswith(f"{state}; continue with the same command plus --resume")
+
+
+def test_overwrite_removes_the_earlier_runs_files_and_only_those(data_root, tmp_path):
+    args = TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root)]
+    train_diffusion.main(args + ["--epochs", "3"])  # checkpoints 0, 1, 2
+    others = ["gen_M2_ckpt_0.pth", "gen_M1_energy_ckpt_0.pth", "gen_M1_ckpt_best.pth", "notes.txt"]
+    for name in others:
+        (tmp_path / name).write_text("another run's, or the user's")
+    train_diffusion.main(args + ["--epochs", "1", "--overwrite"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["gen_M1_ckpt_0.pth", "gen_M1_train_state.pth", "gen_M1_loss.png", *others])
 
 
 def test_bfloat16_compiled_training_keeps_the_checkpoint_format(data_root, tmp_path):
