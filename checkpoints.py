@@ -204,7 +204,10 @@ def read_provenance(checkpoint):
     verify_shipped(sidecar)
     try:
         provenance = json.loads(sidecar.read_text())
-        [(entry["name"], entry["sha256"]) for entry in provenance["base_models"]]
+        [(entry["name"], entry["checkpoint"], entry["sha256"]) for entry in provenance["base_models"]]
+        joint = provenance.get("joint_classifier")
+        if joint is not None:
+            joint["checkpoint"], joint["sha256"]
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"cannot read {sidecar}: {error or type(error).__name__}; restore it or remove it") from None
     return provenance

@@ -119,6 +119,8 @@ def test_an_unreadable_sidecar_is_one_line(tmp_path):
     for g in ("M1", "M2"):
         tiny_base(tmp_path / f"gen_{g}_ckpt_195.pth", 0)
     classifier = tiny_classifier(tmp_path / "classifier.pth", JointYClassifier)
-    provenance_sidecar(classifier).write_text("{not json")
-    with pytest.raises(UserError, match=r"cannot read .*classifier.pth.provenance.json: .*restore it or remove it"):
-        sample_composition.main(sample_args(tmp_path, "--classifier-ckpt", classifier))
+    for broken in ("{not json", '{"base_models": [{"name": "M1"}]}',
+                   '{"base_models": [], "joint_classifier": {"checkpoint": "joint.pth"}}'):  # no sha256
+        provenance_sidecar(classifier).write_text(broken)
+        with pytest.raises(UserError, match=r"cannot read .*classifier.pth.provenance.json: .*restore it or remove it"):
+            sample_composition.main(sample_args(tmp_path, "--classifier-ckpt", classifier))
