@@ -241,8 +241,8 @@ def sampling_markdown(rows, cell_classes, datasets) -> str:
     for row in rows:
         if row["name"].startswith("dataset/"):
             observed = row["settings"]["classes"]
-            how = "unguided" if row["settings"]["alpha"] == 0 else \
-                " ".join(f"P({name} \\| x_t)" for name in observed) + " guidance"
+            how = "unguided" if row["settings"]["alpha"] == 0 else f"P({observed[0]} \\| x_t)²" + " guidance" \
+                if observed[0] == observed[1] else " ".join(f"P({name} \\| x_t)" for name in observed) + " guidance"
             target = "their mixture" if row["settings"]["alpha"] == 0 else \
                 f"{COMPOSITION_NAMES[observed[0] == observed[1]]} y = ({', '.join(str(1 + datasets.index(c)) for c in observed)})"
             lines.append(f"| {how} | {row['settings']['alpha']:g} | {target} | "
