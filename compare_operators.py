@@ -317,8 +317,8 @@ def main(argv=None):
         raise UserError(f"{out_dir} holds no rows yet; run without --plot-only first")
     (out_dir / "operators.md").write_text(table(results) + "\n")
     plot_bars(results, out_dir / "operators.png")
-    if out_dir.resolve() == (REPO / OUT_DIR).resolve() and not config["ONLY"]:  # the committed table: README's too
-        update_markers(REPO / "README.md", "operators", table(results, f"{OUT_DIR}/"))
+    if out_dir.resolve() == (REPO / OUT_DIR).resolve() and not config["ONLY"]:  # the committed table: the docs' too
+        update_markers(REPO / "docs" / "operators.md", "operators", table(results, f"../{OUT_DIR}/"))
     print((out_dir / "operators.md").read_text())
 
 

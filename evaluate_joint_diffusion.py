@@ -45,9 +45,9 @@ from targets import target_distribution
 
 REPO = Path(__file__).resolve().parent
 
-JOINT_CELL_CKPT = "checkpoints/joint/joint_MN2_cell_ckpt_23.pth"  # joint model of MN2's (digit, colour) cells
-CELL_CLASSIFIER_CKPT = "checkpoints/joint/classifier_MN2_cell_ckpt_23.pth"  # the separate classifier of those cells
-JOINT_DATASET_CKPT = "checkpoints/joint/joint_M1+M2_dataset_ckpt_23.pth"  # joint model of M1 and M2: which dataset
+JOINT_CELL_CKPT = "runs/joint/joint_MN2_cell_ckpt_23.pth"  # joint model of MN2's (digit, colour) cells
+CELL_CLASSIFIER_CKPT = "runs/joint/classifier_MN2_cell_ckpt_23.pth"  # the separate classifier of those cells
+JOINT_DATASET_CKPT = "runs/joint/joint_M1+M2_dataset_ckpt_23.pth"  # joint model of M1 and M2: which dataset
 SCULPTING_CLASSIFIER_CKPT = reference_classifier_checkpoint(JOINT_CLASSIFIER)  # Q(y1, y2 | x_t) of M1 and M2
 PARTS = ["accuracy", "sampling"]  # which tables to measure (the others are kept from the last run)
 NOISE_LEVELS = [0.0, 0.5, 1.0, 2.0, 5.0]  # std of the noise added to the test images; 0: clean, at t = eps

@@ -7,7 +7,7 @@ the paper; "features" every encoder feature map, as the published sampling scrip
 unguided. With CLASSIFIER_CKPT, a separately trained classifier (train_joint_diffusion.py --model classifier)
 guides the same score part instead, with scale SAMPLING_LR, at the same score evaluations.
     python sample_joint_diffusion.py --classes "red 1" --sampling-lr 5
-    python sample_joint_diffusion.py --joint-ckpt checkpoints/joint/joint_M1+M2_dataset_ckpt_23.pth --classes M1 M2
+    python sample_joint_diffusion.py --joint-ckpt runs/joint/joint_M1+M2_dataset_ckpt_23.pth --classes M1 M2
 Writes <OUT_DIR>/joint_<checkpoint stem>_<classes>_<variant or classifier>_a<SAMPLING_LR>.png, .pt and .json (a
 dataset-labelled model's .json names the models and 1-based observations, so evaluate_composition.py scores it).
 """
@@ -22,7 +22,7 @@ from runtime import get_device
 from sampling_scripts import precision_for, sample_to_disk, sampler_from_config, sampling_meta
 from sde import VESDE
 
-JOINT_CKPT = "checkpoints/joint/joint_MN2_cell_ckpt_23.pth"  # the joint model (train_joint_diffusion.py)
+JOINT_CKPT = "runs/joint/joint_MN2_cell_ckpt_23.pth"  # the joint model (train_joint_diffusion.py)
 CLASSES = ["green 1"]  # the head's class names to sample towards; several: the product of their posteriors
 SAMPLING_LR = 1.0  # alpha, the guidance step size (the published sampling_lr); 0 = unguided
 GUIDANCE_VARIANT = "input"  # input: grad wrt x_t; bottleneck: moves the representation h4; features: h1..h4

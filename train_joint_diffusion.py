@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from artefacts import RUN_DIR, numbered_files
-from checkpoints import atomic_save, ensure_writable_dir, half_state_dict, is_shipped, record_shipped, refuse_shipped
+from checkpoints import atomic_save, ensure_writable_dir, half_state_dict, refuse_shipped
 from cli import configure, run_main
 from custom_datasets import LABELS, LabelledImages
 from errors import UserError
@@ -49,8 +49,6 @@ PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the d
 CKPT_DIR = RUN_DIR  # folder this run's checkpoints, training state and loss plot are written to
 EXPORT_DIR = None  # a folder: the final checkpoint is also written there in half precision (a finished run exports
 # with --resume --export-dir DIR)
-REPLACE_SHIPPED = False  # let the export replace a shipped checkpoint and its line in checkpoints/MANIFEST.sha256 (how
-# checkpoints/joint/ is remade)
 DATA_ROOT = "data"
 SEED = 0
 DEVICE = "auto"
@@ -63,8 +61,6 @@ PRESET = None
 CONFIG_KEYS = ["GEN_IDX", "LABEL", "MODEL", "CLASSIFIER_LOSS_SCALING", "TRAIN_NOISED_CLASSIFIER",
                "MULTI_LABEL_CLASSIFIER", "HEAD_FEATURES", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE",
                "CHANNELS", "EMBED_DIM", "CLASSIFIER_CHANNELS", "TRAIN_SUBSET", "PRECISION", "SEED"]
-DEFAULTS_OF_LATER_KEYS = {"TRAIN_SUBSET": 0}  # what training states saved before a key existed used (the shipped
-# joint models' runs predate TRAIN_SUBSET)
 # The presets whose settings this script has (cpu-24's also compiles, which the joint model does not).
 CHOICES = {"LABEL": LABELS, "MODEL": ("joint", "classifier"), "HEAD_FEATURES": HEAD_FEATURE_CHOICES,
            "PRESET": ("cpu", "paper")}
@@ -96,15 +92,14 @@ def build_model(config, labels, channels, sde):
 
 def export_path(config, final_checkpoint):
     """Where EXPORT_DIR puts the final checkpoint's half-precision copy (None without one), checked before any
-    work: not the checkpoint itself, and a shipped file only with REPLACE_SHIPPED."""
+    work: not the checkpoint itself, and never a shipped file."""
     if not config["EXPORT_DIR"]:
         return None
     export = ensure_writable_dir(config["EXPORT_DIR"]) / final_checkpoint.name
     if export.resolve() == final_checkpoint.resolve():
         raise UserError(f"--export-dir {config['EXPORT_DIR']} is --ckpt-dir: the half-precision copy would replace "
                         f"the run's own checkpoint; export to another folder")
-    if not config["REPLACE_SHIPPED"]:
-        refuse_shipped([export], "pass --replace-shipped to replace it, or export to another folder")
+    refuse_shipped([export], "export to another folder")
     return export
 
 
@@ -132,7 +127,7 @@ def train(config):
     start_epoch, losses, within_epoch = 0, [], None
     if config["RESUME"]:
         _, start_epoch, losses, within_epoch = restore_run(state_file, "train_joint_diffusion.py", config, CONFIG_KEYS,
-                                                           DEFAULTS_OF_LATER_KEYS, model, optimizer, scheduler)
+                                                           {}, model, optimizer, scheduler)
 
     dtype = PRECISIONS[config["PRECISION"]]
 
@@ -161,9 +156,7 @@ def train(config):
         return model
     final = checkpoint(config["EPOCHS"] - 1)
     if export:
-        atomic_save(half_state_dict(model.state_dict()), export, replace_shipped=config["REPLACE_SHIPPED"])
-        if config["REPLACE_SHIPPED"] and is_shipped(export):
-            record_shipped([export])
+        atomic_save(half_state_dict(model.state_dict()), export)
         print(f"exported {export} (half precision)")
     totals = [loss[0] if isinstance(loss, list) else loss for loss in losses]
     plot_losses(totals, ckpt_dir / f"{name}_loss.png", "mean training loss" + " (total)" * (config["MODEL"] == "joint"))

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import evaluate_joint_diffusion
 import sample_joint_diffusion
 import train_joint_diffusion
-from checkpoints import load_labelled_model, load_score_model
+import checkpoints
+from checkpoints import file_sha256, load_labelled_model, load_score_model
 from custom_datasets import LabelledImages
 from errors import UserError
 from losses import joint_diffusion_loss
@@ -198,11 +199,18 @@ def test_features_guidance_needs_a_head_that_reads_every_level():
         guided_score(tiny_joint(head_features="bottleneck"), [0], 1.0, "features")
 
 
-def test_export_is_half_precision_and_never_replaces_the_run_or_a_shipped_file(tiny_checkpoints, tmp_path, data_root):
+def test_export_is_half_precision_and_never_replaces_the_run_or_a_shipped_file(tiny_checkpoints, tmp_path, data_root,
+                                                                             monkeypatch):
     common = TINY + ["--gen-idx", "MN2", "--label", "cell", "--data-root", str(data_root)]
+    shipped = tmp_path / "checkpoints" / "joint_MN2_cell_ckpt_23.pth"  # a manifest of tmp_path ships this name
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"shipped")
+    (shipped.parent / "MANIFEST.sha256").write_text(f"{file_sha256(shipped)}  checkpoints/{shipped.name}\n")
+    monkeypatch.setattr(checkpoints, "MANIFEST", shipped.parent / "MANIFEST.sha256")
     with pytest.raises(UserError, match="is shipped"):  # refused before any training
         train_joint_diffusion.main(common + ["--epochs", "24", "--ckpt-dir", str(tmp_path / "run"),
-                                             "--export-dir", "checkpoints/joint"])
+                                             "--export-dir", str(shipped.parent)])
+    monkeypatch.undo()
     folder = str(tiny_checkpoints["folder"])
     with pytest.raises(UserError, match="would replace the run's own checkpoint"):
         train_joint_diffusion.main(common + ["--ckpt-dir", folder, "--resume", "--export-dir", folder])
