@@ -27,7 +27,7 @@ import torch
 from artefacts import JOINT_CLASSIFIER, ORACLE_CHECKPOINT, reference_classifier_checkpoint
 from checkpoints import atomic_write_text, ensure_writable_dir, load_classifier, load_labelled_model, load_oracle
 from cli import configure, run_main
-from custom_datasets import DATA_ROOT, LabelledImages
+from custom_datasets import COLOURS, DATA_ROOT, LabelledImages, dataset_spec
 from errors import UserError
 from evaluation import composition_metrics, parse_cell, percent, sample_cells
 from images import save_image_grid
@@ -73,10 +73,10 @@ def test_images(data: LabelledImages):
     x, y = data.batch(torch.arange(len(data)))
     if data.label != "dataset":
         return x, y
-    holders = {}
-    for digit, colour, source in zip(data.digits.tolist(), data.colours.tolist(), data.sources.tolist()):
-        holders.setdefault((digit, colour), set()).add(source)
-    keep = torch.tensor([len(holders[(d, c)]) == 1 for d, c in zip(data.digits.tolist(), data.colours.tolist())])
+    keep = torch.ones(len(data), dtype=torch.bool)
+    for digit, colour in data.cells:
+        if sum((digit, colour) in dataset_spec(name)[1] for name in data.datasets) > 1:  # a shared cell
+            keep &= (data.digits != digit) | (data.colours != COLOURS.index(colour))
     return x[keep], y[keep]
 
 

@@ -40,7 +40,7 @@ class LabelHead(nn.Module):
 
     def __init__(self, in_features, labels: dict, hidden=HEAD_HIDDEN):
         super().__init__()
-        self.labels = dict(labels)
+        self.set_extra_state(labels)
         outputs = len(labels["attributes"]) if labels["multi_label"] else len(labels["classes"])
         self.fc1 = nn.Linear(in_features, hidden)
         self.fc2 = nn.Linear(hidden, outputs)
@@ -56,15 +56,13 @@ class LabelHead(nn.Module):
         """[B, num_classes] log p(class | input) from the head's logits."""
         if not self.labels["multi_label"]:
             return F.log_softmax(logits, dim=1)
-        attributes = logits.new_tensor(self.labels["class_attributes"], dtype=torch.long)  # [K, attributes per class]
-        return F.logsigmoid(logits)[:, attributes].sum(dim=2)
+        return F.logsigmoid(logits)[:, self.class_attributes].sum(dim=2)
 
     def loss(self, logits, classes):
         """Cross-entropy of 0-based class labels [B]; multi-label: binary cross-entropy of their attributes."""
         if not self.labels["multi_label"]:
             return F.cross_entropy(logits, classes)
-        attributes = torch.tensor(self.labels["class_attributes"], device=logits.device)[classes]
-        targets = torch.zeros_like(logits).scatter_(1, attributes, 1.0)
+        targets = torch.zeros_like(logits).scatter_(1, self.class_attributes[classes], 1.0)
         return F.binary_cross_entropy_with_logits(logits, targets)
 
     def get_extra_state(self):
@@ -72,6 +70,10 @@ class LabelHead(nn.Module):
 
     def set_extra_state(self, state):
         self.labels = dict(state)
+        # Each class's output indices [K, attributes per class] (multi-label), derived from the labels: not saved.
+        attributes = torch.tensor(self.labels.get("class_attributes", []), dtype=torch.long,
+                                  device=getattr(self, "class_attributes", torch.empty(0)).device)
+        self.register_buffer("class_attributes", attributes, persistent=False)
 
 
 class JointScoreNet(ScoreNet):
