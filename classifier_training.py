@@ -38,14 +38,14 @@ from losses import (JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, conditional_clas
                     joint_non_terminal_loss, joint_soft_targets, joint_terminal_loss, select_steps)
 from models import freeze
 from models.classifier_model import marginal_log_probs
-from models.fast_paths import compile_in_place, fast_score_model
+from models.fast_paths import fast_score_models, resolve_precision
 from models.score_model import ScoreNet
 from runtime import get_device, seed_everything
 from samplers import Sampler
-from sampling_scripts import precision_for, sampler_from_config
+from sampling_scripts import sampler_from_settings
 from sde import VESDE
 from stopping import StopRequests, TrainingStopped
-from training import save_weights
+from training import NonFiniteLoss, save_weights
 
 # Test metrics are averaged over these bands of t; the last band includes t = 1.
 TIME_BANDS = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
@@ -57,7 +57,7 @@ EVAL_CHUNK = 256  # images per classifier call when testing
 def parse_config(namespace, argv=None):
     """The script's settings (`namespace` is its globals()) overridden from argv and checked together."""
     config = configure(namespace, argv)
-    sampler_from_config(config, "TRAJECTORY_STEPS")  # its settings checked before anything runs
+    sampler_from_settings(config, "TRAJECTORY_STEPS")  # its settings checked before anything runs
     if config["BATCH_SIZE"] > config["POOL_SIZE"]:
         raise UserError(f"--batch-size {config['BATCH_SIZE']} is larger than --pool-size {config['POOL_SIZE']}; "
                         f"a minibatch is drawn from the pool, so pass a batch size <= the pool size")
@@ -403,6 +403,11 @@ def fit(config, classifier, training_loss, run_test, provenance, counters=None):
             started = time.perf_counter()
             classifier.train()
             loss, parts = training_loss(step)
+            if not bool(torch.isfinite(loss)):  # before the step: the classifier is still the last finite one
+                kept = f"the classifier after step {step - 1} is saved to {save(step - 1)}" if step > 1 else \
+                    "nothing was saved"
+                raise NonFiniteLoss(f"the loss became {loss.item()} at step {step}; {kept}; try --compile off, "
+                                    f"--precision float32 or a lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -426,14 +431,13 @@ def fit(config, classifier, training_loss, run_test, provenance, counters=None):
 
 def trajectory_sampler(sources, config, sde, device):
     """sample(count, keep): `count` trajectories of each source score model, from one seeded generator, drawn
-    by the sampler the globals describe (SAMPLER, TRAJECTORY_STEPS, ...: sampler_from_config), on the sample
+    by the sampler the globals describe (SAMPLER, TRAJECTORY_STEPS, ...: sampler_from_settings), on the sample
     scripts' fast path when COMPILE or PRECISION ask for it (the base score networks compiled; autocast)."""
     generator = torch.Generator(device=device).manual_seed(config["SEED"])
-    sampler = sampler_from_config(config, "TRAJECTORY_STEPS")
-    if config["COMPILE"]:
-        compile_in_place(m for source in sources for m in source.modules() if isinstance(m, ScoreNet))
-    precision = precision_for(config, device)
-    sources = [fast_score_model(source, [], precision=precision) for source in sources]
+    sampler = sampler_from_settings(config, "TRAJECTORY_STEPS")
+    precision = resolve_precision(config["PRECISION"], device)
+    networks = [m for source in sources for m in source.modules() if isinstance(m, ScoreNet)]
+    sources = fast_score_models(sources, networks, config["COMPILE"], precision)
 
     def sample(count, keep):
         return sample_trajectories(sources, count, sampler, keep, sde, device, generator)

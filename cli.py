@@ -22,7 +22,7 @@ from custom_datasets import BASE_DATASETS
 from errors import UserError
 from images import PALETTES
 from models import fast_paths
-from models.fast_paths import PRECISION_CHOICES
+from models.fast_paths import COMPILE_CHOICES, PRECISION_CHOICES
 from recipes import PRESETS, SCALES
 from runtime import use_threads
 from samplers import SAMPLERS
@@ -63,6 +63,7 @@ class Known:
     check: Check = None
     choices: tuple = None
     type: type = None  # of a setting whose default is None (unset); else the default's type
+    const: str = None  # the value of the flag given alone (--compile = --compile on)
 
 
 # The names several scripts share (a numbered name such as GEN_IDX_2 or GUIDANCE_3 is its base name's), and the
@@ -71,7 +72,8 @@ KNOWN = {
     # what is sampled, and from which checkpoints
     "GEN_IDX": Known("base model, by the name of its dataset", choices=tuple(BASE_DATASETS)),
     "GEN_CKPT_DIR": Known("folder the base models' checkpoints gen_<GEN_IDX>_ckpt_<GEN_CKPT_EPOCH>.pth are read from"),
-    "GEN_CKPT_EPOCH": Known("epoch of the base-model checkpoints that are read", POSITIVE),
+    "GEN_CKPT_EPOCH": Known("epoch of the base-model checkpoints that are read (0: after the first epoch)",
+                            NON_NEGATIVE),
     "GEN_CKPT_PATH": Known("a full path of the base model's checkpoint; overrides GEN_CKPT_DIR and GEN_CKPT_EPOCH"),
     "CLASSIFIER_CKPT": Known("checkpoint of the joint classifier Q(y1, y2 | x_t) that guides the composition"),
     "CONDITIONAL_CLASSIFIER_CKPT": Known("checkpoint of the conditional classifier Q(y3 | x_t, y1, y2)"),
@@ -93,7 +95,8 @@ KNOWN = {
     "BATCH_SIZE": Known("samples or images per batch", POSITIVE),
     "PRECISION": Known("float32; bfloat16: autocast; auto: bfloat16 only where the device computes it natively",
                        choices=tuple(PRECISION_CHOICES)),
-    "COMPILE": Known("torch.compile the score networks in place (float32; pays off from a few hundred steps)"),
+    "COMPILE": Known("torch.compile the score networks: on, off, or auto (time both ways on the first call, keep "
+                     "the faster); --compile alone is on", choices=COMPILE_CHOICES, const="on"),
     "PALETTE": Known("rgb, or the reference figures' colour-blind palette", choices=PALETTES),
     # training
     "EPOCHS": Known("training epochs", POSITIVE),
@@ -157,7 +160,7 @@ KNOWN = {
     "CLASSIFIER_LOSS_SCALING": Known("weight of the joint model's classification loss", NON_NEGATIVE),
     "SAMPLING_LR": Known("step size alpha of the guidance by a joint model's head; 0 = unguided", NON_NEGATIVE),
     "THREADS": Known("torch's CPU threads; 0 = torch's default, one per core (1 where another job shares a 2-core "
-                     "machine: README, Performance)", NON_NEGATIVE),
+                     "machine: docs/performance.md)", NON_NEGATIVE),
     "TRAIN_BATCH": Known("images per training step", POSITIVE),
     "SAMPLE_BATCH": Known("samples per sampling batch", POSITIVE),
     "SAMPLE_STEPS": Known("sampler steps timed", POSITIVE),
@@ -172,6 +175,10 @@ KNOWN = {
 def known(name: str) -> Known:
     """KNOWN's entry for a name or, for a numbered one (GEN_IDX_2), its base name's; an empty one if none."""
     return KNOWN.get(name) or KNOWN.get(re.sub(r"_\d+$", "", name)) or Known()
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written (its example commands one per line), each flag's default after its help."""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -214,6 +221,22 @@ def commented_globals(path) -> dict:
     return found
 
 
+ENGINEERING_SEPARATOR = re.compile(r"#\s*-{2,}\s*engineering settings")
+
+
+def engineering_settings(path) -> set:
+    """The UPPER_CASE globals a module assigns below its separator line `# ---- engineering settings ... ----`:
+    how and where a script runs, apart from the paper's settings above it. Empty without the line."""
+    source = Path(path).read_text()
+    separator = next((number for number, line in enumerate(source.splitlines(), start=1)
+                      if ENGINEERING_SEPARATOR.match(line.strip())), None)
+    if separator is None:
+        return set()
+    return {node.targets[0].id for node in ast.parse(source).body
+            if isinstance(node, ast.Assign) and node.lineno > separator and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name) and SETTING_NAME.fullmatch(node.targets[0].id)}
+
+
 def setting_help(namespace, exclude=()) -> dict:
     """{name: help} of a script's settings (`namespace` is its globals()), in the order of its source."""
     return {name: comment or known(name).help
@@ -234,7 +257,10 @@ def configure(namespace, argv=None, exclude=(), positional=(), defaults=None, ch
     helps = setting_help(namespace, exclude)
     values = {name: namespace[name] for name in helps}
     values.update(defaults or {})
-    parser = _OneLineParser(description=namespace["__doc__"], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _OneLineParser(description=namespace["__doc__"], formatter_class=_HelpFormatter)
+    engineering = engineering_settings(namespace["__file__"])
+    groups = {False: parser.add_argument_group("the paper's settings" if engineering else "settings"),
+              True: parser.add_argument_group("engineering settings: how and where it runs")}
     for name, text in helps.items():
         rule, default = known(name), values[name]
         kwargs = {"default": default, "dest": name, "help": text.replace("%", "%%")}
@@ -246,10 +272,12 @@ def configure(namespace, argv=None, exclude=(), positional=(), defaults=None, ch
             kwargs["type"] = _none_or(rule.type or str)
         else:
             kwargs["type"] = type(default)
+        if rule.const is not None:
+            kwargs.update(nargs="?", const=rule.const)
         allowed = (choices or {}).get(name, rule.choices)
         if allowed is not None:
             kwargs["choices"] = [*allowed, *([None] if default is None else [])]
-        parser.add_argument(flag_name(name), **kwargs)
+        groups[name in engineering].add_argument(flag_name(name), **kwargs)
     for name in positional:
         parser.add_argument(f"{name.lower()}_positional", nargs="?", metavar=name.lower(),
                             help=f"same as {flag_name(name)}")

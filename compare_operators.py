@@ -1,5 +1,5 @@
 """Compositional Sculpting against the other ways of composing diffusion models, on the same base models and the
-same exact targets (issue 25).
+same exact targets.
 
 Each row samples one operator with its system's sampler at about the same budget, ~100 evaluations of the
 composed score per sample (each evaluates every base model once), and scores the samples with the project's
@@ -36,7 +36,7 @@ from errors import UserError
 from evaluation import composition_metrics, percent, sample_cells
 from images import save_image_grid
 from models.classifier_model import JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier
-from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
+from models.compositions import compose
 from models.operators import negation, product_of_experts
 from models.oracle import predict
 from recipes import CPU_SAMPLER
@@ -174,10 +174,7 @@ def sculpting(bases, observations, device, config):
                    for path, cls, made_by in sculpting_classifiers(len(bases))]
     y_1, y_2 = observations[:2] if observations else (1, 1)
     scales = config["GUIDANCE_3WAY"] if len(observations) == 3 else [config["GUIDANCE"] if observations else 0.0]
-    composition = BinaryDiffusionComposition(bases, classifiers[0], y_1, y_2, scales[0])
-    if len(observations) == 3:
-        composition = ConditionalDiffusionComposition(composition, classifiers[1], observations[2], scales[1])
-    return composition
+    return compose(bases, classifiers, [y_1, y_2, *observations[2:]], scales)
 
 
 def sampler_of(how, bases, sde, device, config):

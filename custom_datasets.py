@@ -91,6 +91,10 @@ def ensure_mnist(root=DATA_ROOT, train=True, download=True) -> None:
     """Make sure MNIST's IDX files are under <root>/MNIST/raw: downloaded by torchvision, else the offline copy."""
     from torchvision.datasets import MNIST
 
+    existing = next(folder for folder in [Path(root), *Path(root).absolute().parents] if folder.exists())
+    if not existing.is_dir():
+        raise UserError(f"data root {root}: {existing} is a file, not a folder; pass a folder (--data-root), which is "
+                        f"created if missing")
     raw = Path(root) / "MNIST" / "raw"
     if not all((raw / name).is_file() for name in _RAW_FILES[train]):
         try:

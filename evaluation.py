@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from custom_datasets import COLOURS, cell_name
-from errors import UserError, unreadable_torch_file
+from errors import UserError, refuse_non_finite, unreadable_torch_file
 from models.oracle import ORACLE_COLOURS
 from targets import composition_of_cells
 
@@ -135,6 +135,8 @@ def load_samples(path) -> torch.Tensor:
             or tuple(samples.shape[2:]) != (28, 28) or len(samples) == 0:
         shape = list(samples.shape) if torch.is_tensor(samples) else type(samples).__name__
         raise UserError(f"{path} holds {shape}; expected a tensor [N, 1 or 3, 28, 28] with N > 0")
+    refuse_non_finite(samples, f"samples in {path}", "they cannot be scored; sample them again (with --compile off "
+                      "--precision float32 if the sampler made them)")
     return samples.float()
 
 

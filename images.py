@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from checkpoints import atomic_save, ensure_writable_dir
-from errors import UserError
+from errors import UserError, refuse_non_finite
 
 # The reference figures' colour-blind palette: the R channel is drawn gold, the G channel teal.
 COLORBLIND_PALETTE = torch.tensor([[225, 190, 106], [64, 176, 166]], dtype=torch.float32) / 255.0
@@ -45,7 +45,7 @@ def save_image_grid(samples: torch.Tensor, path, palette: str = "rgb", nrow: int
 SAMPLE_FILES = (".png", ".pt", ".json")  # what save_samples writes for one stem
 # What a sample .json records that a run measures or resolves on its machine, not what the user asked for: a
 # rerun of the same settings elsewhere may replace the samples.
-MEASURED = ("sampling_seconds", "device", "cpu_capability", "precision")
+MEASURED = ("sampling_seconds", "device", "cpu_capability", "precision", "fast_path")
 
 
 def refuse_other_samples(out_dir, stem: str, meta: dict, overwrite: bool) -> None:
@@ -74,7 +74,8 @@ def refuse_other_samples(out_dir, stem: str, meta: dict, overwrite: bool) -> Non
 
 def save_samples(samples: torch.Tensor, out_dir, stem: str, meta: dict, palette: str = "rgb") -> Path:
     """Write <stem>.png (8x8 grid of the first samples), <stem>.pt (the [N, C, 28, 28] tensor) and <stem>.json
-    (what was sampled)."""
+    (what was sampled); refuses, writing nothing, samples with a value that is not finite."""
+    refuse_non_finite(samples, "samples", "nothing was written; try --compile off or --precision float32")
     out_dir = ensure_writable_dir(out_dir)
     save_image_grid(samples[:GRID_SAMPLES], out_dir / f"{stem}.png", palette=palette)
     atomic_save(samples, out_dir / f"{stem}.pt")

@@ -13,12 +13,12 @@ PRESETS = {
     "cpu": CPU_PRESET,
     # Twice the epochs: fewer malformed digits. bfloat16 only where the CPU computes it natively; elsewhere
     # autocast is far slower than float32 (docs/performance.md). Sample it with --denoise-last-step.
-    "cpu-24": {**CPU_PRESET, "EPOCHS": 24, "COMPILE": True, "PRECISION": "auto"},
+    "cpu-24": {**CPU_PRESET, "EPOCHS": 24, "COMPILE": "on", "PRECISION": "auto"},
     "paper": {},
 }
 
 # The classifiers' trajectory pools at the cpu scale: on the fast sampling path, ending with a denoising step.
-POOL_SAMPLING = ["--compile", "--precision", "auto", "--denoise-last-step"]
+POOL_SAMPLING = ["--compile", "auto", "--precision", "auto", "--denoise-last-step"]
 # Steps of each sampling stage, by sampler: the showcase rows (by number of base models), each base model alone,
 # the joint classifiers' pools (base-model samples) and the conditional classifier's (guided compositions).
 # PC: pools of base-model samples need fewer steps than the guided compositions, and the 3-way rows the
@@ -62,7 +62,7 @@ SCALES = {
                               "--test-every", "25", "--ckpt-every", "25"],
         "classifier_steps": {THREE_WAY_CLASSIFIER: 300, CONDITIONAL_CLASSIFIER: 100},
         "sampler": "heun-churn", "steps": CPU_STEPS, "pool_flags": POOL_SAMPLING,
-        "sample_flags": ["--batch-size", "128", "--compile"], "precision": "auto",
+        "sample_flags": ["--batch-size", "128", "--compile", "auto"], "precision": "auto",
         # Each base model alone, for the rows' plug-in targets (evaluate_composition --base-evaluations).
         "individual_samples": 256,
         "denoise_last_step": True,  # the last step denoised: cleaner digits from well-trained models

@@ -6,49 +6,69 @@ with Q the joint classifier from train_classifier.py. Labels are 1-based:
 contrast the other way round. Edit the globals or override them, e.g.
     python sample_composition.py --y-1 1 --y-2 2
     python sample_composition.py --gen-idx-1 1 --gen-idx-2 2 --classifier-ckpt checkpoints/<1-vs-2 classifier>.pth
+The composition is built in main(), in plain view: edit those lines to compose otherwise.
 Writes <OUT_DIR>/composition_<GEN_IDX_1>_<GEN_IDX_2>_y1-<Y_1>_y2-<Y_2>_g<GUIDANCE>.png, .pt and .json
 (..._s<SEED> for SEED > 0); samples of other settings under that name are replaced only with --overwrite.
 """
-from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, reference_classifier_checkpoint
+from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, composition_stem, reference_classifier_checkpoint
+from checkpoints import check_composition_provenance, load_classifier
 from cli import configure, run_main
 from models.classifier_model import JointYClassifier
-from sampling_scripts import sample_composition_to_disk
+from models.compositions import BinaryDiffusionComposition
+from sampling_scripts import base_model_paths, composition_record, sample_run
+from targets import validate_composition
 
 GEN_IDX_1 = "M1"
 GEN_IDX_2 = "M2"
-GEN_CKPT_DIR = "checkpoints"
-GEN_CKPT_EPOCH = REFERENCE_EPOCH
-GEN_CKPT_PATH_1 = None  # a full path overrides GEN_CKPT_DIR/gen_{GEN_IDX_1}_ckpt_{GEN_CKPT_EPOCH}.pth
-GEN_CKPT_PATH_2 = None
 CLASSIFIER_CKPT = reference_classifier_checkpoint(JOINT_CLASSIFIER)  # must be trained on GEN_IDX_1 vs GEN_IDX_2
 Y_1 = 1
 Y_2 = 1
 GUIDANCE = 20.0  # 1 = the exact composition; the reference samples with 20
 NUM_SAMPLES = 64
-BATCH_SIZE = 64
 NUM_STEPS = 500
 SNR = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
 SAMPLER = "pc"  # the reference's predictor-corrector; "heun" (ODE) or "heun-churn" (stochastic) need far fewer steps
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = REFERENCE_EPOCH
+GEN_CKPT_PATH_1 = None  # a full path overrides GEN_CKPT_DIR/gen_{GEN_IDX_1}_ckpt_{GEN_CKPT_EPOCH}.pth
+GEN_CKPT_PATH_2 = None
+BATCH_SIZE = 64
 SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level of the grid (a denoising step follows with DENOISE_LAST_STEP)
 CHURN = 40.0  # heun-churn: the noise each step adds back (EDM's S_churn; gamma = min(CHURN / NUM_STEPS, sqrt 2 - 1))
-SEED = 0
+DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step (cleaner digits)
+PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the device computes it natively
+COMPILE = "off"  # torch.compile the score networks: on, off, or auto (time both ways once, keep the faster)
+DEVICE = "auto"
+THREADS = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 OVERWRITE = False
-DEVICE = "auto"
-THREADS = 0
-COMPILE = False  # torch.compile the score networks (float32; pays off from a few hundred steps)
-PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the device computes it natively
-DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step
-# (cleaner backgrounds, fewer malformed digits; README, "The last step")
 FORCE = False  # use classifiers trained on other base models than these (the .json records it)
 
 
 def main(argv=None):
-    config = configure(globals(), argv)
-    return sample_composition_to_disk(config, [config["GEN_IDX_1"], config["GEN_IDX_2"]],
-                                      [(config["CLASSIFIER_CKPT"], JointYClassifier, "train_classifier.py")],
-                                      [config["Y_1"], config["Y_2"]], [config["GUIDANCE"]])
+    s = configure(globals(), argv)
+    models, observations, scales = [s["GEN_IDX_1"], s["GEN_IDX_2"]], [s["Y_1"], s["Y_2"]], [s["GUIDANCE"]]
+    validate_composition(models, observations)
+    run = sample_run(s)
+
+    # Load the base models and the joint classifier Q(y1, y2 | x_t) trained on their trajectories.
+    checkpoints = base_model_paths(models, s["GEN_CKPT_DIR"], s["GEN_CKPT_EPOCH"],
+                                   [s["GEN_CKPT_PATH_1"], s["GEN_CKPT_PATH_2"]])
+    base_models = run.load_base_models(models, checkpoints)
+    classifier = load_classifier(s["CLASSIFIER_CKPT"], JointYClassifier, run.device, "train_classifier.py")
+    mismatch = check_composition_provenance([s["CLASSIFIER_CKPT"]], list(zip(models, checkpoints)), s["FORCE"])
+
+    # The composition (edit here): the base scores weighted by P(y1 = i | x_t), plus GUIDANCE * grad log Q(y1, y2 | x_t).
+    composition = BinaryDiffusionComposition(base_models, classifier, s["Y_1"], s["Y_2"], guidance_scale=s["GUIDANCE"])
+
+    # Sample it and write the PNG, the samples (.pt) and what was sampled (.json).
+    record = composition_record(models, observations, scales, checkpoints, [s["CLASSIFIER_CKPT"]], mismatch)
+    return run.sample_to_disk(composition, base_models, composition_stem(models, observations, scales, run.seed),
+                              record)
 
 
 if __name__ == "__main__":

@@ -6,53 +6,46 @@ Writes <OUT_DIR>/individual_<GEN_IDX>.png (individual_<GEN_IDX>_s<SEED>.png for 
 and their settings as .json; samples of other settings under that name are replaced only with --overwrite.
 """
 
-from artefacts import base_model_path, individual_stem
-from checkpoints import ensure_writable_dir, load_score_model
+from artefacts import REFERENCE_EPOCH, individual_stem
 from cli import configure, run_main
-from custom_datasets import BASE_DATASETS
-from models.fast_paths import fast_score_model
-from runtime import get_device
-from sampling_scripts import precision_for, sample_to_disk, sampler_from_config, sampling_meta
-from sde import VESDE
+from sampling_scripts import base_model_paths, sample_run
 
 GEN_IDX = "MN1"
-GEN_CKPT_DIR = "checkpoints"
-GEN_CKPT_EPOCH = 195
-GEN_CKPT_PATH = None  # a full path overrides GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
 NUM_SAMPLES = 64
-BATCH_SIZE = 64
 NUM_STEPS = 500
 SNR = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
 SAMPLER = "pc"  # the reference's predictor-corrector; "heun" (ODE) or "heun-churn" (stochastic) need far fewer steps
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = REFERENCE_EPOCH
+GEN_CKPT_PATH = None  # a full path overrides GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+BATCH_SIZE = 64
 SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level of the grid (a denoising step follows with DENOISE_LAST_STEP)
 CHURN = 40.0  # heun-churn: the noise each step adds back (EDM's S_churn; gamma = min(CHURN / NUM_STEPS, sqrt 2 - 1))
-SEED = 0
+DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step (cleaner digits)
+PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the device computes it natively
+COMPILE = "off"  # torch.compile the score network: on, off, or auto (time both ways once, keep the faster)
+DEVICE = "auto"
+THREADS = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 OVERWRITE = False
-DEVICE = "auto"
-THREADS = 0
-COMPILE = False  # torch.compile the score networks (float32; pays off from a few hundred steps)
-PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the device computes it natively
-DENOISE_LAST_STEP = False  # True: end with a denoising step, not the reference's last Euler step
-# (cleaner backgrounds, fewer malformed digits; README, "The last step")
 
 
 def main(argv=None):
-    config = configure(globals(), argv)
-    sampler = sampler_from_config(config)
-    ensure_writable_dir(config["OUT_DIR"])
-    device = get_device(config["DEVICE"])
-    precision = precision_for(config, device)
-    ckpt = config["GEN_CKPT_PATH"] or base_model_path(config["GEN_CKPT_DIR"], config["GEN_IDX"],
-                                                      config["GEN_CKPT_EPOCH"])
-    sde = VESDE()
-    model = load_score_model(ckpt, sde, device, input_channels=BASE_DATASETS[config["GEN_IDX"]][0])
-    stem = individual_stem(config["GEN_IDX"], config["SEED"])
-    meta = {"kind": "individual", "models": [config["GEN_IDX"]], "checkpoints": [ckpt],
-            **sampling_meta(sampler, sde, config, device, precision)}
-    return sample_to_disk(config, fast_score_model(model, [model], config["COMPILE"], precision), sde, sampler, device,
-                          stem, meta)
+    s = configure(globals(), argv)
+    run = sample_run(s)
+
+    # Load the base model.
+    checkpoint = base_model_paths([s["GEN_IDX"]], s["GEN_CKPT_DIR"], s["GEN_CKPT_EPOCH"], [s["GEN_CKPT_PATH"]])[0]
+    model = run.load_base_models([s["GEN_IDX"]], [checkpoint])[0]
+
+    # Sample it and write the PNG, the samples (.pt) and what was sampled (.json).
+    record = {"kind": "individual", "models": [s["GEN_IDX"]], "checkpoints": [checkpoint]}
+    return run.sample_to_disk(model, [model], individual_stem(s["GEN_IDX"], run.seed), record)
+
 
 if __name__ == "__main__":
     run_main(main)

@@ -16,11 +16,8 @@ from artefacts import joint_diffusion_stem
 from checkpoints import load_labelled_model
 from cli import configure, run_main
 from errors import UserError
-from models.fast_paths import fast_score_model
 from models.joint_diffusion import GUIDANCE_VARIANTS, JointScoreNet, LabelClassifier, guided_score
-from runtime import get_device
-from sampling_scripts import precision_for, sample_to_disk, sampler_from_config, sampling_meta
-from sde import VESDE
+from sampling_scripts import sample_run
 
 JOINT_CKPT = "runs/joint/joint_MN2_cell_ckpt_23.pth"  # the joint model (train_joint_diffusion.py)
 CLASSES = ["green 1"]  # the head's class names to sample towards; several: the product of their posteriors
@@ -28,14 +25,16 @@ SAMPLING_LR = 1.0  # alpha, the guidance step size (the published sampling_lr); 
 GUIDANCE_VARIANT = "input"  # input: grad wrt x_t; bottleneck: moves the representation h4; features: h1..h4
 CLASSIFIER_CKPT = None  # a separately trained classifier of the same labels guides instead of the model's head
 NUM_SAMPLES = 64
-BATCH_SIZE = 64
 SAMPLER = "heun-churn"
 NUM_STEPS = 40
 SNR = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+BATCH_SIZE = 64
 SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level of the grid (a denoising step follows with DENOISE_LAST_STEP)
 CHURN = 40.0  # heun-churn: the noise each step adds back (EDM's S_churn; gamma = min(CHURN / NUM_STEPS, sqrt 2 - 1))
 DENOISE_LAST_STEP = True  # end with a denoising step
-SEED = 0
 PALETTE = "rgb"  # or "colorblind", the reference figures' palette
 OUT_DIR = "outputs"
 OVERWRITE = False
@@ -74,28 +73,30 @@ def guidance_name(config) -> str:
 
 
 def main(argv=None):
-    config = configure(globals(), argv, choices={"GUIDANCE_VARIANT": GUIDANCE_VARIANTS})
-    sampler = sampler_from_config(config)
-    device = get_device(config["DEVICE"])
-    precision = precision_for(config, device)
-    sde = VESDE()
-    joint_model, classifier = load_guided_model(config["JOINT_CKPT"], config["CLASSIFIER_CKPT"], sde, device)
+    s = configure(globals(), argv, choices={"GUIDANCE_VARIANT": GUIDANCE_VARIANTS})
+    run = sample_run(s)
+
+    # Load the joint model (and the separate classifier that guides instead of its head, if any).
+    joint_model, classifier = load_guided_model(s["JOINT_CKPT"], s["CLASSIFIER_CKPT"], run.sde, run.device)
     labels = joint_model.head.labels
-    observations = class_indices(labels, config["CLASSES"])
+    observations = class_indices(labels, s["CLASSES"])
+
+    # The guided score (edit here): the model's score part, moved towards CLASSES by steps of SAMPLING_LR.
     try:
-        score = guided_score(joint_model, observations, config["SAMPLING_LR"], config["GUIDANCE_VARIANT"], classifier)
+        score = guided_score(joint_model, observations, s["SAMPLING_LR"], s["GUIDANCE_VARIANT"], classifier)
     except ValueError as error:
         raise UserError(str(error)) from None
-    meta = {"kind": "joint_diffusion", "joint_checkpoint": config["JOINT_CKPT"],
-            "classifier_checkpoint": config["CLASSIFIER_CKPT"], "label": labels["label"],
-            "classes": list(config["CLASSES"]), "guidance": guidance_name(config), "sampling_lr": config["SAMPLING_LR"],
-            **({"models": labels["datasets"], "observations": [y + 1 for y in observations] if config["SAMPLING_LR"] else []}
-               if labels["label"] == "dataset" else {"target_cells": list(config["CLASSES"])}
-               if labels["label"] == "cell" else {}),
-            **sampling_meta(sampler, sde, config, device, precision)}
-    stem = joint_diffusion_stem(config["JOINT_CKPT"], config["CLASSES"], guidance_name(config), config["SAMPLING_LR"],
-                                config["SEED"])
-    return sample_to_disk(config, fast_score_model(score, [], False, precision), sde, sampler, device, stem, meta)
+
+    # Sample it and write the PNG, the samples (.pt) and what was sampled (.json).
+    record = {"kind": "joint_diffusion", "joint_checkpoint": s["JOINT_CKPT"],
+              "classifier_checkpoint": s["CLASSIFIER_CKPT"], "label": labels["label"],
+              "classes": list(s["CLASSES"]), "guidance": guidance_name(s), "sampling_lr": s["SAMPLING_LR"],
+              **({"models": labels["datasets"], "observations": [y + 1 for y in observations] if s["SAMPLING_LR"]
+                  else []} if labels["label"] == "dataset" else {"target_cells": list(s["CLASSES"])}
+                 if labels["label"] == "cell" else {})}
+    stem = joint_diffusion_stem(s["JOINT_CKPT"], s["CLASSES"], guidance_name(s), s["SAMPLING_LR"], run.seed)
+    return run.sample_to_disk(score, [], stem, record)
+
 
 if __name__ == "__main__":
     run_main(main)

@@ -1,106 +1,107 @@
-"""What the sampling scripts share: the sampler and precision their globals describe, the settings an
-output's .json records, and the body of the composition scripts (load, compose, sample, save)."""
+"""What the sample scripts share: how a run samples (a SampleRun: sampler, sample count, device, fast path, output
+folder), loading its base models, and writing its samples (.png/.pt/.json). The composition itself is built in each
+script, in plain view."""
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from artefacts import base_model_path, composition_stem
-from checkpoints import check_composition_provenance, ensure_writable_dir, load_classifier, load_score_model
+from artefacts import base_model_path
+from checkpoints import ensure_writable_dir, load_score_model
 from custom_datasets import dataset_spec
 from errors import UserError
 from images import refuse_other_samples, save_samples
-from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
-from models.fast_paths import fast_score_model, resolve_precision
+from models.fast_paths import fast_path_report, fast_score_model, resolve_precision
 from runtime import get_device
 from samplers import Sampler, sample_in_batches
 from sde import VESDE
-from targets import validate_composition
 
 
-def sampler_from_config(config, steps_key="NUM_STEPS") -> Sampler:
-    """The Sampler a script's globals describe (SAMPLER, <steps_key>, DENOISE_LAST_STEP, SNR, SIGMA_MIN, CHURN)."""
+def sampler_from_settings(settings, steps_key="NUM_STEPS") -> Sampler:
+    """The Sampler a script's settings describe (SAMPLER, <steps_key>, DENOISE_LAST_STEP, SNR, SIGMA_MIN, CHURN)."""
     try:
-        sampler = Sampler(config["SAMPLER"], config[steps_key], config["DENOISE_LAST_STEP"], config["SNR"],
-                          config["SIGMA_MIN"], config["CHURN"])
+        sampler = Sampler(settings["SAMPLER"], settings[steps_key], settings["DENOISE_LAST_STEP"], settings["SNR"],
+                          settings["SIGMA_MIN"], settings["CHURN"])
         sampler.check_fits(VESDE())  # every script samples the default SDE
         return sampler
     except ValueError as error:
         raise UserError(f"{error}; see --help for --sampler and its settings") from None
 
 
-def precision_for(config, device) -> str:
-    """The script's PRECISION on `device`, "auto" resolved (bfloat16 only where the device computes it natively)."""
-    return resolve_precision(config["PRECISION"], device)
+@dataclass
+class SampleRun:
+    """How and where a sample script draws its samples."""
+    sampler: Sampler
+    num_samples: int
+    batch_size: int
+    seed: int
+    device: torch.device
+    precision_setting: str  # as asked: float32, bfloat16 or auto
+    compile: str  # off, on or auto
+    out_dir: str
+    overwrite: bool
+    palette: str = "rgb"
+    sde: VESDE = field(default_factory=VESDE)
+
+    @property
+    def precision(self) -> str:
+        """The precision setting with "auto" resolved for the device."""
+        return resolve_precision(self.precision_setting, self.device)
+
+    def settings(self) -> dict:
+        """What an output's .json records about how it was sampled, and on what; "sampling_seconds" and
+        "fast_path" are added once measured (refuse_other_samples compares the rest with an earlier output's)."""
+        return {**self.sampler.settings(self.sde), "seed": self.seed, "num_samples": self.num_samples,
+                "batch_size": self.batch_size, "precision": self.precision,
+                "precision_setting": self.precision_setting, "compile": self.compile, "device": str(self.device),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+    def load_base_models(self, names, checkpoints) -> list:
+        """The base models `names` (datasets) from their `checkpoints`, on the run's device."""
+        return [load_score_model(path, self.sde, self.device, input_channels=dataset_spec(name)[0])
+                for name, path in zip(names, checkpoints)]
+
+    def sample_to_disk(self, score_model, networks, stem, record) -> Path:
+        """Draw the samples of `score_model` and write <out_dir>/<stem>.png/.pt/.json, the .json holding `record`
+        (what was sampled) and the run's settings; the PNG's path. `networks` may be compiled (COMPILE). Samples of
+        other settings under that stem are refused before any costly work unless `overwrite`."""
+        meta = {**record, **self.settings()}
+        refuse_other_samples(self.out_dir, stem, meta, self.overwrite)
+        batches = [len(batch) for batch in torch.arange(self.num_samples).split(self.batch_size)]
+        fast = fast_score_model(score_model, networks, self.compile, self.precision,  # compiles lazily
+                                self.sampler.evaluations_per_sample * len(batches), len(set(batches)))
+        started = time.perf_counter()
+        samples = sample_in_batches(fast, self.sde, self.sampler, self.num_samples, self.batch_size, self.device,
+                                    self.seed)
+        meta["sampling_seconds"] = round(time.perf_counter() - started, 2)
+        meta["fast_path"] = fast_path_report(fast)
+        png = save_samples(samples, self.out_dir, stem, meta, self.palette)
+        print(f"saved {png} ({len(samples)} samples, {self.sampler.evaluations_per_sample} score evaluations each)")
+        return png
 
 
-def sampling_meta(sampler: Sampler, sde, config, device, precision) -> dict:
-    """What an output's .json records about how it was sampled, and on what; "sampling_seconds" is added once
-    measured (images.refuse_other_samples compares the rest with an earlier output's before sampling)."""
-    return {**sampler.settings(sde), "seed": config["SEED"], "num_samples": config["NUM_SAMPLES"],
-            "batch_size": config["BATCH_SIZE"], "precision": precision, "precision_setting": config["PRECISION"],
-            "compile": config.get("COMPILE", False), "device": str(device),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+def sample_run(settings) -> SampleRun:
+    """The SampleRun a sample script's settings describe (the sampler's, NUM_SAMPLES, BATCH_SIZE, SEED, DEVICE,
+    PRECISION, COMPILE, OUT_DIR, OVERWRITE, PALETTE), checked, with its output folder writable."""
+    sampler = sampler_from_settings(settings)
+    ensure_writable_dir(settings["OUT_DIR"])
+    return SampleRun(sampler, settings["NUM_SAMPLES"], settings["BATCH_SIZE"], settings["SEED"],
+                     get_device(settings["DEVICE"]), settings["PRECISION"], settings.get("COMPILE", "off"),
+                     settings["OUT_DIR"],
+                     settings["OVERWRITE"], settings.get("PALETTE", "rgb"))
 
 
-def base_model_paths(config, gen_idxs) -> list:
-    """The checkpoint of each base model: GEN_CKPT_PATH_<k> where given, else its file in GEN_CKPT_DIR."""
-    return [config[f"GEN_CKPT_PATH_{k}"] or base_model_path(config["GEN_CKPT_DIR"], name, config["GEN_CKPT_EPOCH"])
-            for k, name in enumerate(gen_idxs, start=1)]
+def base_model_paths(names, ckpt_dir, epoch, paths=None) -> list:
+    """The checkpoint of each base model: its entry of `paths` where given, else its file in `ckpt_dir`."""
+    paths = paths or [None] * len(names)
+    return [path or base_model_path(ckpt_dir, name, epoch) for name, path in zip(names, paths)]
 
 
-def sample_composition_to_disk(config, gen_idxs, classifier_specs, observations, guidance_scales):
-    """The composition sampling scripts' shared body: load, compose, sample, save.
-
-    `config` holds the scripts' globals (GEN_CKPT_DIR, GEN_CKPT_EPOCH, GEN_CKPT_PATH_<k>, NUM_SAMPLES,
-    BATCH_SIZE, the sampler's (sampler_from_config), SEED, PALETTE, OUT_DIR, OVERWRITE, DEVICE, COMPILE, PRECISION,
-    FORCE).
-    `classifier_specs`: (checkpoint, classifier class, script that trains it)
-    for the joint classifier of (y1, y2), then for the conditional one of y3 if
-    there are three observations; one guidance scale each. A classifier trained on other base models is refused
-    (checkpoints.check_composition_provenance) unless FORCE, which the .json then records. Writes
-    composition_<models>_y1-<y1>_..._g<scale>...[_s<seed>] .png/.pt/.json in OUT_DIR, refusing to replace samples
-    of other settings unless OVERWRITE (images.refuse_other_samples).
-    """
-    validate_composition(gen_idxs, observations)
-    sampler = sampler_from_config(config)
-    ensure_writable_dir(config["OUT_DIR"])
-    device = get_device(config["DEVICE"])
-    precision = precision_for(config, device)
-    sde = VESDE()
-    classifiers = [load_classifier(path, cls, device, made_by) for path, cls, made_by in classifier_specs]
-    checkpoints = base_model_paths(config, gen_idxs)
-    score_models = [load_score_model(path, sde, device, input_channels=dataset_spec(name)[0])
-                    for name, path in zip(gen_idxs, checkpoints)]
-    mismatch = check_composition_provenance([path for path, _, _ in classifier_specs], list(zip(gen_idxs, checkpoints)),
-                                            config["FORCE"])
-    try:
-        composition = BinaryDiffusionComposition(score_models, classifiers[0], *observations[:2], guidance_scales[0])
-        if len(observations) == 3:
-            composition = ConditionalDiffusionComposition(composition, classifiers[1], observations[2],
-                                                          guidance_scales[1])
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    # Only the score networks are compiled: a compiled classifier's input gradient ran slower on CPU
-    # (docs/performance.md).
-    stem = composition_stem(gen_idxs, observations, guidance_scales, config["SEED"])
-    meta = {"kind": "composition", "models": list(gen_idxs), "observations": list(observations),
-            "guidance_scales": list(guidance_scales), "checkpoints": checkpoints,
-            "classifier_checkpoints": [str(path) for path, _, _ in classifier_specs],
-            **({"forced": True, "provenance_mismatch": mismatch} if mismatch else {}),
-            **sampling_meta(sampler, sde, config, device, precision)}
-    composition = fast_score_model(composition, score_models, config["COMPILE"], precision)
-    return sample_to_disk(config, composition, sde, sampler, device, stem, meta)
-
-
-def sample_to_disk(config, score_model, sde, sampler, device, stem, meta):
-    """Every sample script's last part: refuse to replace samples of other settings (unless OVERWRITE), draw
-    NUM_SAMPLES (SEED, BATCH_SIZE), add the sampling time to `meta`, write <OUT_DIR>/<stem>.png/.pt/.json; the PNG's
-    path. (fast_score_model compiles lazily, so the refusal still comes before any costly work.)"""
-    refuse_other_samples(config["OUT_DIR"], stem, meta, config["OVERWRITE"])
-    started = time.perf_counter()
-    samples = sample_in_batches(score_model, sde, sampler, config["NUM_SAMPLES"], config["BATCH_SIZE"], device,
-                                config["SEED"])
-    meta["sampling_seconds"] = round(time.perf_counter() - started, 2)
-    png = save_samples(samples, config["OUT_DIR"], stem, meta, config["PALETTE"])
-    print(f"saved {png} ({len(samples)} samples, {sampler.evaluations_per_sample} score evaluations each)")
-    return png
+def composition_record(models, observations, guidance_scales, checkpoints, classifier_checkpoints, mismatch) -> dict:
+    """What a composition's .json records about what was composed (checkpoints.check_composition_provenance gives
+    `mismatch`, where a classifier of other base models was forced)."""
+    return {"kind": "composition", "models": list(models), "observations": list(observations),
+            "guidance_scales": list(guidance_scales), "checkpoints": list(checkpoints),
+            "classifier_checkpoints": [str(path) for path in classifier_checkpoints],
+            **({"forced": True, "provenance_mismatch": mismatch} if mismatch else {})}

@@ -95,7 +95,7 @@ def target_distribution(models, observations=(), root=DATA_ROOT) -> dict:
                         f"the composition is empty") from None
 
 
-# ---- The related systems' operators (issue 25) ----
+# ---- The related systems' operators ----
 # Each operator's density of one image, from the images' densities under the base models: a mixture weighs them,
 # a product (any positive powers: Composable Diffusion's AND, RRR, FKC) is uniform on the images every model
 # holds, as the harmonic mean is. A negation p_1 / p_2^w and SuperDiff's AND have no normalisable exact target

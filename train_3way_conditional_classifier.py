@@ -24,7 +24,7 @@ from cli import run_main
 from errors import UserError
 from models.classifier_model import (ThreeWayConditionalYClassifier, ThreeWayJointYClassifier, marginal_log_probs,
                                      unordered_pairs)
-from models.compositions import BinaryDiffusionComposition
+from models.compositions import compose
 from sde import VESDE
 
 GEN_IDX_1 = "MN1"
@@ -44,7 +44,7 @@ SNR = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
 SAMPLER = "pc"  # the trajectories' sampler (as the sample scripts' --sampler): "pc", "heun" or "heun-churn"
 SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level (as the sample scripts' --sigma-min)
 CHURN = 40.0  # heun-churn: the noise each step adds back (as the sample scripts' --churn)
-COMPILE = False  # sample trajectories with compiled score networks (float32; as the sample scripts' --compile)
+COMPILE = "off"  # sample trajectories with compiled score networks: on, off or auto (as the sample scripts')
 PRECISION = "float32"  # "bfloat16" or "auto": sample trajectories under autocast (as the sample scripts' --precision)
 DENOISE_LAST_STEP = False  # end each trajectory with a denoising step (as the sample scripts' --denoise-last-step)
 LR = 0.1
@@ -82,8 +82,7 @@ def train(config):
         # The compositions guide with their own copy of the joint classifier: the sampler's fast path casts its
         # networks' weights in place, and `joint` also computes the float32 soft targets.
         guide = copy.deepcopy(joint)
-        compositions = [BinaryDiffusionComposition(score_models, guide, y_1, y_2, config["GUIDANCE"])
-                        for y_1, y_2 in PAIRS]
+        compositions = [compose(score_models, [guide], [y_1, y_2], [config["GUIDANCE"]]) for y_1, y_2 in PAIRS]
     except ValueError as error:
         raise UserError(f"{config['CLASSIFIER_CKPT']}: {error}") from None
     classifier = build_classifier(ThreeWayConditionalYClassifier, config, score_models[0].input_channels, device)

@@ -7,10 +7,10 @@ training state beside them for --resume, and a loss-curve PNG at the end. Ctrl-C
 state at the current step; --resume then continues to the weights an uninterrupted run ends with.
 Sample a run with sample_individual_model.py --gen-ckpt-dir runs --gen-ckpt-epoch <its last epoch>.
 
-CPU recipe (about 10 minutes on 2 cores, see README):
+CPU recipe (docs/results.md gives the runs and their wall times):
     python train_diffusion.py --preset cpu --gen-idx MN1         # 12 epochs, float32
     python train_diffusion.py --preset cpu-24 --gen-idx MN1   # 24 epochs, bfloat16 where native: reproduce.py's
-    python train_diffusion.py --preset cpu --gen-idx M1 --energy   # score = -grad E, for MALA/HMC (issue 25)
+    python train_diffusion.py --preset cpu --gen-idx M1 --energy   # score = -grad E, for MALA/HMC
 """
 import math
 from pathlib import Path
@@ -45,7 +45,7 @@ ENERGY = False  # energy-parameterised model (score = -grad_x E, for Metropolis-
 # gen_<GEN_IDX>_energy_ckpt_<epoch>.pth and do not load as a plain ScoreNet
 SAVE_EVERY = 5
 TRAIN_SUBSET = 0  # train on this many randomly chosen images; 0 = the whole dataset
-COMPILE = False  # torch.compile the network in place (state_dict keys unchanged)
+COMPILE = "off"  # "on": torch.compile the network in place (state_dict keys unchanged)
 PRECISION = "float32"  # or "bfloat16": forward passes under autocast, weights and optimizer in float32; "auto":
 # bfloat16 only where the device computes it natively
 CKPT_DIR = RUN_DIR  # folder this run's checkpoints, training state and loss plot are written to
@@ -65,12 +65,14 @@ DEFAULTS_OF_LATER_KEYS = {"PRECISION": "float32", "ENERGY": False}  # what train
 
 def parse_args(argv=None):
     preset = configure(globals(), argv, exclude=["CONFIG_KEYS"])["PRESET"]  # first pass: find --preset
-    config = configure(globals(), argv, exclude=["CONFIG_KEYS"], defaults=PRESETS[preset] if preset else None)
+    # Training has no auto: one timed step would not tell whether a whole run gains by compiling.
+    config = configure(globals(), argv, exclude=["CONFIG_KEYS"], defaults=PRESETS[preset] if preset else None,
+                       choices={"COMPILE": ("off", "on")})
     if len(config["CHANNELS"]) != 4 or any(c % 32 for c in config["CHANNELS"]):
         raise UserError(f"--channels needs 4 multiples of 32 (GroupNorm uses 32 groups); got {config['CHANNELS']}")
-    if config["ENERGY"] and (config["COMPILE"] or config["PRECISION"] != "float32"):
+    if config["ENERGY"] and (config["COMPILE"] == "on" or config["PRECISION"] != "float32"):
         raise UserError("--energy trains in eager float32 (its loss differentiates the score, a gradient itself); "
-                        "use --preset cpu or pass --no-compile --precision float32")
+                        "use --preset cpu or pass --compile off --precision float32")
     return config
 
 
@@ -122,7 +124,7 @@ def train(config):
                                                                DEFAULTS_OF_LATER_KEYS, model, optimizer, scheduler)
         indices = state["indices"]
 
-    if config["COMPILE"]:
+    if config["COMPILE"] == "on":
         compile_in_place([model])
     dtype = PRECISIONS[config["PRECISION"]]
     score_model = model if dtype is None else AutocastScore(model, dtype)

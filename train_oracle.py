@@ -7,7 +7,7 @@ three. Light augmentation (small affine warps, thicker/thinner strokes,
 contrast, pixel noise) makes it robust to imperfect diffusion samples; an
 11th "junk" class learns blobs and two-digit overlays. At the end, the full
 predict() is measured on the test split in grey, red and green, clean and
-with noise. CPU: about 4 minutes on 2 shared cores.
+with noise.
     python train_oracle.py                   # train, save runs/oracle.pth, report its test accuracy
     python train_oracle.py --evaluate-only   # only report the test accuracy of the shipped checkpoints/oracle.pth
     python train_oracle.py --evaluate-only --oracle runs/oracle.pth

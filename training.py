@@ -112,6 +112,11 @@ def run_epochs(optimizer, scheduler, scheduler_unit, *, epochs, steps_per_epoch,
             batches = order.split(batch_size)
             for step in range(within_epoch["position"], len(batches)):
                 parts = batch_losses(batches[step])
+                if not bool(torch.isfinite(parts).all()):  # checked before the step: the state is still finite
+                    save_state(epoch, losses, position=step, order=order, total=total, count=count)
+                    raise NonFiniteLoss(f"the loss became {parts.tolist()} at epoch {epoch} step {step + 1} of "
+                                        f"{len(batches)}; the state before it is saved to {state_file} (--resume "
+                                        f"continues from it); try --compile off, --precision float32 or a lower --lr")
                 optimizer.zero_grad(set_to_none=True)
                 parts[0].backward()
                 optimizer.step()
@@ -135,6 +140,10 @@ def run_epochs(optimizer, scheduler, scheduler_unit, *, epochs, steps_per_epoch,
             if stop.requested and epoch + 1 < epochs:
                 raise _stopped(stop, f"epoch {epoch} step {len(batches)} of {len(batches)}", state_file)
     return losses
+
+
+class NonFiniteLoss(UserError):
+    """A training loss that is NaN or infinite: one line, the last finite state kept."""
 
 
 def _stopped(stop, where, state_file):

@@ -21,8 +21,8 @@ import torch  # noqa: E402
 from cli import configure, run_main  # noqa: E402
 from losses import denoising_score_matching_loss  # noqa: E402
 from models.classifier_model import JointYClassifier  # noqa: E402
-from models.compositions import BinaryDiffusionComposition  # noqa: E402
-from models.fast_paths import AutocastScore, fast_score_model, resolve_precision  # noqa: E402
+from models.compositions import compose  # noqa: E402
+from models.fast_paths import AutocastScore, apply_fast_path, resolve_precision  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import Sampler  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -68,12 +68,11 @@ def main(argv=None):
 
     def composition():
         models = [ScoreNet(sde.marginal_prob_std, config["CHANNELS"], input_channels=3).eval() for _ in range(2)]
-        return BinaryDiffusionComposition(models, JointYClassifier(input_channels=3, channels=(16, 32)).eval(), 1, 2,
-                                          20.0), models
+        return compose(models, [JointYClassifier(input_channels=3, channels=(16, 32)).eval()], [1, 2], [20.0]), models
 
     sampler = Sampler("pc", config["SAMPLE_STEPS"])
     float32_model, _ = composition()
-    bfloat16_model = fast_score_model(*composition(), precision="bfloat16")
+    bfloat16_model = apply_fast_path(*composition(), precision="bfloat16")
     sample = fastest({name: (lambda m=m: sampler.sample(m, sde, config["SAMPLE_BATCH"], progress=False))
                       for name, m in (("float32", float32_model), ("bfloat16", bfloat16_model))}, config["REPEATS"])
     capability = torch.backends.cpu.get_cpu_capability()

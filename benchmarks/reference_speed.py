@@ -9,7 +9,7 @@ Prints each one's wall time per sample (sampling only, from the outputs' .json),
 the speed ratio and whether the fast path's precision lies inside or above the reference run's 95%
 interval, with the CPU's capability; writes OUT_DIR/reference_speed.json.
 
-    python benchmarks/reference_speed.py                   # 128 samples each (about 6 minutes on 2 cores)
+    python benchmarks/reference_speed.py                   # 128 samples each
     python benchmarks/reference_speed.py --num-samples 64
 """
 import json
@@ -28,11 +28,11 @@ NUM_SAMPLES = 128  # of each run
 EXPORT_DIR = "checkpoints"  # under the reference file names: the shipped checkpoints, or a reproduce.py EXPORT_DIR
 # The reference's sampling, as sample-script flags.
 REFERENCE = ["--sampler", "pc", "--num-steps", "500", "--precision", "float32", "--batch-size", "64",
-             "--no-denoise-last-step", "--no-compile"]
+             "--no-denoise-last-step", "--compile", "off"]
 FAST_FLAGS = [  # each one's sample-script flags
     "--sampler heun-churn --num-steps 40 --precision float32 --batch-size 128 --denoise-last-step",
     "--sampler heun-churn --num-steps 40 --precision auto --batch-size 128 --denoise-last-step",
-    "--sampler heun-churn --num-steps 40 --precision auto --batch-size 128 --denoise-last-step --compile",
+    "--sampler heun-churn --num-steps 40 --precision auto --batch-size 128 --denoise-last-step --compile on",
 ]
 SEED = 0
 OUT_DIR = "benchmarks/results/reference_speed"
@@ -52,9 +52,22 @@ def sample_and_evaluate(config, name, flags):
     settings = json.loads(Path(f"{stem}.json").read_text())
     report = json.loads((stem.parent / evaluation_report(stem.name)).read_text())
     return {"name": name, "flags": flags, "evaluations": settings["score_evaluations_per_sample"],
-            "precision": settings["precision"], "seconds_per_sample": settings["sampling_seconds"] / report["num_samples"],
+            "precision": settings["precision"], "fast_path": settings.get("fast_path", {}).get("ran"),
+            "seconds_per_sample": settings["sampling_seconds"] / report["num_samples"],
             "support_precision": report["support_precision"], "support_precision_ci": report["support_precision_ci"],
             "unrecognisable": report["unrecognisable_share"]}
+
+
+def compile_ratio(runs):
+    """Seconds per sample compiled over eager, from a run with --compile on (that compiled) and the run whose flags
+    are the same without it; None where there is no such pair."""
+    for compiled in runs:
+        flags = " ".join(compiled["flags"])
+        if "--compile on" in flags and compiled["fast_path"] == f"compiled {compiled['precision']}":
+            eager = [run for run in runs if " ".join(run["flags"]) == flags.replace(" --compile on", "")]
+            if eager:
+                return compiled["seconds_per_sample"] / eager[0]["seconds_per_sample"]
+    return None
 
 
 def main(argv=None):
@@ -74,9 +87,13 @@ def main(argv=None):
     matched = fastest["support_precision"] >= reference["support_precision_ci"][0]
     print(f"speed-up per sample of {fastest['name']} over the reference's sampling: {ratio:.1f}x; its support "
           f"precision {'is' if matched else 'is NOT'} inside or above the reference run's 95% interval")
+    compiled_over_eager = compile_ratio(fast)
+    if compiled_over_eager is not None:
+        print(f"compiled/eager time per sample (CPU capability {capability}): {compiled_over_eager:.2f}: "
+              f"--compile auto keeps {'compiled' if compiled_over_eager < 1 else 'eager'}")
     out = Path(config["OUT_DIR"])
     (out / "reference_speed.json").write_text(json.dumps(
-        {"cpu_capability": capability, "threads": torch.get_num_threads(), "num_samples": config["NUM_SAMPLES"],
+        {"cpu_capability": capability, "compiled_over_eager": compiled_over_eager, "threads": torch.get_num_threads(), "num_samples": config["NUM_SAMPLES"],
          "runs": [reference, *fast], "fastest": fastest["name"], "speedup": ratio, "quality_matched": matched},
         indent=2) + "\n")
     print(f"wrote {out / 'reference_speed.json'}")

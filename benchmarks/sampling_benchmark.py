@@ -42,8 +42,8 @@ import torch  # noqa: E402
 from cli import configure, run_main  # noqa: E402
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier,  # noqa: E402
                                      ThreeWayJointYClassifier)
-from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition  # noqa: E402
-from models.fast_paths import fast_score_model, malloc_setting, resolve_precision, set_layout  # noqa: E402
+from models.compositions import compose  # noqa: E402
+from models.fast_paths import apply_fast_path, malloc_setting, resolve_precision, set_layout  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import pc_sampler  # noqa: E402
 from sde import VESDE  # noqa: E402
@@ -75,13 +75,12 @@ def build_case(case, config, sde, device):
         return models[0], models, []
     if case == "binary":
         joint = JointYClassifier(input_channels=3, channels=config["JOINT_CHANNELS"]).to(device)
-        return BinaryDiffusionComposition(models, joint, 1, 2, 20.0), models, [(joint, ())]
+        return compose(models, [joint], [1, 2], [20.0]), models, [(joint, ())]
     joint = ThreeWayJointYClassifier(input_channels=3, channels=config["THREE_WAY_CHANNELS"]).to(device)
     conditional = ThreeWayConditionalYClassifier(input_channels=3, channels=config["CONDITIONAL_CHANNELS"]).to(device)
     labels = (torch.ones(config["BATCH_SIZE"], dtype=torch.long, device=device),
               torch.full((config["BATCH_SIZE"],), 2, dtype=torch.long, device=device))
-    binary = BinaryDiffusionComposition(models, joint, 1, 2, 10.0)
-    return ConditionalDiffusionComposition(binary, conditional, 3, 75.0), models, [(joint, ()), (conditional, labels)]
+    return compose(models, [joint, conditional], [1, 2, 3], [10.0, 75.0]), models, [(joint, ()), (conditional, labels)]
 
 
 def bare_score_evaluations(models, classifiers, x, t):
@@ -212,18 +211,18 @@ def benchmark_case(case, config, sde, device):
             set_layout(network, channels_last=True)
         measure("channels_last", score_model)
     if "bfloat16" in paths:
-        measure("bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
+        measure("bfloat16", apply_fast_path(score_model, [], precision="bfloat16"))
     # Compiling is in place, so the compiled paths come last, the classifiers' compilation the very last.
     if any(path.startswith("compiled") for path in paths):
-        fast_score_model(score_model, models, compile_networks=True)
+        apply_fast_path(score_model, models, compile_networks=True)
     if "compiled" in paths:
         measure("compiled", score_model)
     if "compiled_bfloat16" in paths:
-        measure("compiled_bfloat16", fast_score_model(score_model, [], precision="bfloat16"))
+        measure("compiled_bfloat16", apply_fast_path(score_model, [], precision="bfloat16"))
     if "compiled_all" in paths and classifiers:
-        measure("compiled_all", fast_score_model(score_model, classifier_networks, compile_networks=True))
+        measure("compiled_all", apply_fast_path(score_model, classifier_networks, compile_networks=True))
     if "compiled_all_bfloat16" in paths and classifiers:
-        measure("compiled_all_bfloat16", fast_score_model(score_model, classifier_networks,
+        measure("compiled_all_bfloat16", apply_fast_path(score_model, classifier_networks,
                                                           compile_networks=True, precision="bfloat16"))
     result["fast_paths"] = fast
     return result

@@ -8,7 +8,7 @@ are (their --trajectory-steps); ONLY (a regular expression) picks rows by label.
 script and evaluation runs as a subprocess.
 
     python benchmarks/steps_quality.py                                  # 128 samples each
-    python benchmarks/steps_quality.py --num-samples 512 --compile
+    python benchmarks/steps_quality.py --num-samples 512 --compile auto
     python benchmarks/steps_quality.py --only "alone" --num-steps 500 250 200 150 100 --out-dir <dir>
 """
 import json
@@ -28,7 +28,7 @@ NUM_SAMPLES = 128  # per row and step count
 BATCH_SIZE = 128
 EXPORT_DIR = "checkpoints"  # under the reference file names: the shipped checkpoints, or a reproduce.py EXPORT_DIR
 SEED = 0
-COMPILE = False
+COMPILE = "off"
 ONLY = ""  # regular expression over the row labels; empty: every row
 PLOT_ONLY = False  # redraw the plot from OUT_DIR/steps_quality.json without sampling
 OUT_DIR = "benchmarks/results/steps_quality"
@@ -100,7 +100,7 @@ def main(argv=None):
     for label, models, observations, scales in chosen:
         for steps in config["NUM_STEPS"]:
             flags = ["--num-steps", str(steps), "--batch-size", str(config["BATCH_SIZE"]),
-                     "--seed", str(config["SEED"]), *(["--compile"] if config["COMPILE"] else [])]
+                     "--seed", str(config["SEED"]), "--compile", config["COMPILE"]]
             report = sample_and_evaluate(models, observations, scales, Path(config["OUT_DIR"]) / f"steps_{steps}",
                                          flags, config)
             rows.append({"composition": label, "steps": steps, "num_samples": report["num_samples"],

@@ -117,3 +117,19 @@ class ConditionalDiffusionComposition(_FrozenComposition):
         with torch.no_grad():
             base = self.binary_diffusion(x, t)
         return base + self.guidance_scale * guidance
+
+
+def compose(score_models, classifiers, observations, guidance_scales):
+    """The composition p(x | y_1, ..., y_n) of two or three observations, as the sample scripts build it: the
+    binary composition of (y_1, y_2) guided by classifiers[0] at guidance_scales[0], then, for y_3, the
+    conditional classifier classifiers[1]'s guidance at guidance_scales[1]."""
+    if len(observations) not in (2, 3) or len(classifiers) != len(observations) - 1 \
+            or len(guidance_scales) != len(classifiers):
+        raise ValueError(f"compose takes 2 or 3 observations with one classifier and scale for each of y_1 y_2 and "
+                         f"y_3; got {len(observations)} observations, {len(classifiers)} classifiers, "
+                         f"{len(guidance_scales)} scales")
+    composition = BinaryDiffusionComposition(score_models, classifiers[0], *observations[:2], guidance_scales[0])
+    if len(observations) == 3:
+        composition = ConditionalDiffusionComposition(composition, classifiers[1], observations[2],
+                                                      guidance_scales[1])
+    return composition

@@ -1,4 +1,4 @@
-"""Energy-parameterised score model: score = -grad_x E(x, t) of a scalar energy (issue 25, for Metropolis-
+"""Energy-parameterised score model: score = -grad_x E(x, t) of a scalar energy (for Metropolis-
 corrected MCMC; Du et al. 2023, "Reduce, Reuse, Recycle").
 
 E(x, t) = |x - D(x, t)|^2 / (2 std(t)^2), with the denoiser D(x, t) = c_skip x + c_out u(x, t) preconditioned

@@ -1,4 +1,4 @@
-"""Training-free operators of the related systems, as score models (issue 25).
+"""Training-free operators of the related systems, as score models.
 
 Composable Diffusion (Liu et al. 2022) combines unconditional models by adding their scores: AND is
 s = sum_i w_i s_i, the score of the tempered product prod_i p_i^w_i at t = 0, and NOT, with p_1 as the

@@ -130,3 +130,80 @@ class GaussianMixtureBases:
     def component_shares(self, x) -> torch.Tensor:
         """Fraction of samples nearest to each component, [C]."""
         return torch.bincount(self.nearest_component(x), minlength=len(self.means)).float() / len(x)
+
+
+# ---- Monte Carlo bounds: a stochastic assertion is judged in its own standard errors ----
+
+STANDARD_ERRORS = 5.0
+"""K, the standard errors an estimate may stray from its truth. Another CPU's kernels round differently and so give
+another sample (another seed, in effect); what they cannot change is how far an estimate strays in its own
+standard errors: an unbiased, asymptotically normal estimate lands beyond 5 of them with probability 6e-7 per
+coordinate. A fixed tolerance instead passes or fails by where it happens to sit in that spread."""
+
+
+def _float64(value) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
+def mean_and_standard_error(samples):
+    """(mean, standard error) per coordinate of independent draws [n, ...]: std / sqrt(n). The draws may be
+    independent replicates of a whole estimator (one SMC run each), whose spread is then its error."""
+    samples = _float64(samples)
+    return samples.mean(0), samples.std(0) / math.sqrt(len(samples))
+
+
+def variance_and_standard_error(samples):
+    """(unbiased variance, standard error) per coordinate of independent draws [n, ...]; the error from the
+    sample's own fourth central moment, Var(s^2) ~ (m4 - s^4) / n, which assumes no normality."""
+    samples = _float64(samples)
+    centred = samples - samples.mean(0)
+    variance = centred.pow(2).sum(0) / (len(samples) - 1)
+    return variance, ((centred.pow(4).mean(0) - variance ** 2).clamp_min(0) / len(samples)).sqrt()
+
+
+def frequency_standard_error(frequency, n):
+    """sqrt(p (1 - p) / n): the standard error of a frequency p of n independent trials."""
+    frequency = _float64(frequency)
+    return (frequency * (1 - frequency) / n).sqrt()
+
+
+def _describe(what, estimate, reference_name, reference, standard_error, errors, allowed):
+    """The failure message: estimate, truth or threshold, standard error and the distance in standard errors."""
+    fmt = lambda values: ", ".join(f"{v:.4g}" for v in values.flatten().tolist())  # noqa: E731
+    return (f"{what}: estimate [{fmt(estimate)}], {reference_name} [{fmt(reference)}], standard error "
+            f"[{fmt(standard_error)}]: [{fmt(errors)}] standard errors ({allowed})")
+
+
+def _in_standard_errors(distance, standard_error):
+    """distance / SE, where a zero SE counts a zero distance as 0 errors and any other as infinitely many."""
+    return torch.where(standard_error > 0, distance / standard_error.clamp_min(1e-300),
+                       torch.where(distance > 0, math.inf, 0.0))
+
+
+def assert_within_standard_errors(estimate, truth, standard_error, k=STANDARD_ERRORS, bias=0.0, what="estimate"):
+    """|estimate - truth| <= k SE + bias in every coordinate; `bias` is a stated allowance for a method's known
+    deterministic error (a sampler's finitely many steps), not for noise. Returns the largest number of SEs the
+    estimate is off (beyond the bias allowance)."""
+    estimate, truth, standard_error = torch.broadcast_tensors(_float64(estimate), _float64(truth),
+                                                              _float64(standard_error))
+    errors = _in_standard_errors(((estimate - truth).abs() - bias).clamp_min(0), standard_error)
+    allowed = f"allowed {k:g}" + (f" beyond a bias allowance of {bias:g}" if bias else "")
+    message = _describe(what, estimate, "truth", truth, standard_error,
+                        _in_standard_errors((estimate - truth).abs(), standard_error), allowed)
+    assert bool((errors <= k).all()), message
+    return float(errors.max())
+
+
+def assert_beyond_standard_errors(estimate, threshold, standard_error, k=STANDARD_ERRORS, above=True,
+                                  what="estimate"):
+    """A one-sided claim held by k standard errors: estimate >= threshold + k SE (above) or <= threshold - k SE
+    in every coordinate. Returns the smallest number of SEs by which the estimate clears the threshold."""
+    estimate, threshold, standard_error = torch.broadcast_tensors(_float64(estimate), _float64(threshold),
+                                                                  _float64(standard_error))
+    margin = estimate - threshold if above else threshold - estimate
+    cleared = torch.where(margin >= 0, _in_standard_errors(margin, standard_error),
+                          -_in_standard_errors(-margin, standard_error))
+    message = _describe(what, estimate, "above" if above else "below", threshold, standard_error, cleared,
+                        f"must clear it by {k:g}")
+    assert bool((cleared >= k).all()), message
+    return float(cleared.min())

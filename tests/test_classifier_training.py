@@ -21,7 +21,7 @@ from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClass
 from models.score_model import ScoreNet
 from samplers import Sampler, pc_trajectory_sampler, time_grid
 from sde import VESDE
-from tests.analytic import GaussianMixtureBases
+from tests.analytic import GaussianMixtureBases, assert_within_standard_errors, frequency_standard_error
 from checkpoints import classifier_provenance, file_sha256, load_classifier, write_provenance
 from stopping import TrainingStopped
 
@@ -85,11 +85,16 @@ def test_step_selection_fractions():
     generator = torch.Generator().manual_seed(0)
     joint = [select_steps(times, 0.1, include_last=False, generator=generator) for _ in range(50)]
     assert all(len(s) == 0 or int(s.max()) < len(times) - 1 for s in joint)  # the terminal step: never
-    assert abs(sum(map(len, joint)) / (50 * candidates) - 0.1) < 0.01
+    # Each candidate is kept independently: the kept share is a frequency of 50 * candidates trials.
+    trials = 50 * candidates
+    kept = sum(map(len, joint)) / trials
+    assert_within_standard_errors(kept, 0.1, frequency_standard_error(kept, trials), what="joint kept share")
     conditional = [select_steps(times, conditional_keep_prob(2000), include_last=True, generator=generator)
                    for _ in range(50)]
     assert all(int(s[-1]) == len(times) - 1 for s in conditional)  # the terminal step: always
-    assert abs(sum(len(s) - 1 for s in conditional) / (50 * candidates) - 50 / 2000) < 0.005
+    kept = sum(len(s) - 1 for s in conditional) / trials
+    assert_within_standard_errors(kept, 50 / 2000, frequency_standard_error(kept, trials),
+                                  what="conditional kept share")
     whole_grid = select_steps(grid, 1.0, include_last=True)  # t > 0.7 is never selected
     assert (grid[whole_grid] <= 0.7).all() and len(whole_grid) == int((grid <= 0.7).sum())
 
@@ -112,7 +117,7 @@ def test_stored_steps_are_the_trainable_ones_of_the_sampled_trajectories(bases):
 
 
 def test_compiled_trajectory_sampler_gives_the_eager_trajectories(tiny_base_checkpoints):
-    config = {"SEED": 0, "TRAJECTORY_STEPS": 4, "SNR": 0.16, "COMPILE": False, "PRECISION": "float32",
+    config = {"SEED": 0, "TRAJECTORY_STEPS": 4, "SNR": 0.16, "COMPILE": "off", "PRECISION": "float32",
               "DENOISE_LAST_STEP": False, "SAMPLER": "pc", "SIGMA_MIN": 0.05, "CHURN": 40.0,
               "GEN_CKPT_DIR": str(tiny_base_checkpoints), "GEN_CKPT_EPOCH": 195}
     models = load_base_models(config, ["M1", "M2"], SDE, "cpu")
@@ -122,7 +127,7 @@ def test_compiled_trajectory_sampler_gives_the_eager_trajectories(tiny_base_chec
     denoised = trajectory_sampler(models, {**config, "DENOISE_LAST_STEP": True}, SDE, "cpu")(3, trainable_steps)
     assert torch.equal(denoised.states[:-1, :3], eager.states[:-1, :3])
     assert not torch.allclose(denoised.states[-1, :3], eager.states[-1, :3])
-    compiled = trajectory_sampler(models, {**config, "COMPILE": True}, SDE, "cpu")(3, trainable_steps)
+    compiled = trajectory_sampler(models, {**config, "COMPILE": "on"}, SDE, "cpu")(3, trainable_steps)
     assert all(getattr(model, "_compiled_call_impl", None) is not None for model in models)
     torch.testing.assert_close(compiled.states, eager.states, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(compiled.times, eager.times)
@@ -184,8 +189,11 @@ def test_joint_classifier_converges_to_the_exact_posterior(bases):
     """The project's losses on a pool of trajectories (50 PC steps) learn Q(y1, y2 | x_t) for t <= 0.7.
 
     Mean absolute errors over forward-process samples: a classifier trained on the terminal loss alone is
-    off by 0.04-0.3 at t >= 0.3; this one is within 0.03 (0.05 at the edge t = 0.7; seeds 0-3 gave at most
-    0.018 and 0.026), the floor being optimisation noise and the sampler's bias."""
+    off by 0.04-0.3 at t >= 0.3; this one is within 0.03 (0.05 at the edge t = 0.7), the floor being optimisation
+    noise and the sampler's bias. The error that matters is the training's, which one run cannot measure (the
+    evaluation's own standard error is below 0.0007): over seeds 0-7 each error's mean + 5 standard deviations
+    stays below its bound (largest: 0.021 against 0.03, 0.043 against 0.05 at t = 0.7), so another CPU's
+    rounding, a different training path as much as another seed is, leaves the verdict alone."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     pool = TrajectoryPool(lambda count: sample_2d(bases, count, 50, trainable_steps, generator), size=512, reuse=10)

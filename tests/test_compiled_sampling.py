@@ -7,7 +7,7 @@ import torch
 from models.classifier_model import JointYClassifier
 from models.compositions import BinaryDiffusionComposition
 from models import fast_paths
-from models.fast_paths import AutocastScore, fast_score_model, keep_freed_memory
+from models.fast_paths import AutocastScore, FastScore, apply_fast_path, fast_score_model, keep_freed_memory
 from models.score_model import ScoreNet
 from samplers import pc_sampler
 from sde import VESDE
@@ -29,8 +29,10 @@ def test_compiled_composition_matches_eager():
     keys = list(composition.state_dict())
     eager = composition(X, T)
     eager_samples = pc_sampler(composition, sde, 4, 3, generator=torch.Generator().manual_seed(1), progress=False)
-    compiled_model = fast_score_model(composition, networks, compile_networks=True)
+    compiled_model = fast_score_model(composition, networks, compile="on")
     compiled = compiled_model(X, T)
+    # The check against eager float32 ran on that call; a disagreeing path would have fallen back to eager.
+    assert compiled_model.report()["ran"] == "compiled float32", compiled_model.report()
     compiled_samples = pc_sampler(compiled_model, sde, 4, 3, generator=torch.Generator().manual_seed(1),
                                   progress=False)
     assert all(getattr(network, "_compiled_call_impl", None) is not None for network in networks)
@@ -43,7 +45,8 @@ def test_bfloat16_autocast_is_close_and_returns_float32():
     _, composition, networks = tiny_composition()
     eager = composition(X, T)
     autocast_model = fast_score_model(composition, networks, precision="bfloat16")
-    assert isinstance(autocast_model, AutocastScore) and autocast_model.input_channels == 3
+    assert isinstance(autocast_model, FastScore) and isinstance(autocast_model.fast, AutocastScore)
+    assert autocast_model.input_channels == 3
     # The eager classifier goes channels_last; eager score networks stay contiguous (faster so on CPU).
     assert composition.classifier.trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert composition.classifier.trunk.features_channels_last  # its flatten is then a view
@@ -72,7 +75,7 @@ def test_bfloat16_weights_cast_once_give_autocasts_scores():
     composition.classifier.to(memory_format=torch.channels_last)  # the layout fast_score_model gives it
     with torch.autocast("cpu", dtype=torch.bfloat16):
         per_call_casts = composition(X, T).float()
-    cast_once = fast_score_model(composition, networks, precision="bfloat16")
+    cast_once = apply_fast_path(composition, networks, precision="bfloat16")
     classifier, model = composition.classifier, composition.score_models[0]
     assert classifier.trunk.fc1.weight.dtype == model.tconv1.weight.dtype == torch.bfloat16
     assert model.embed[0].W.dtype == model.gnorm1.weight.dtype == classifier.trunk.embed[0].W.dtype == torch.float32

@@ -7,8 +7,10 @@ import ast
 import sys
 from pathlib import Path
 
+from repository import python_sources
+
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = sorted(path for path in REPO.rglob("*.py") if "tests" not in path.relative_to(REPO).parts)
+SOURCES = python_sources(exclude_folders=("tests",))  # what a clone holds: no environment or cache
 LOWEST_LAYERS = ("models", "samplers")  # these import only torch, numpy, tqdm, the standard library and sde.py
 ALLOWED_THERE = {"torch", "numpy", "tqdm", "sde", *LOWEST_LAYERS}
 

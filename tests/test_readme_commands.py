@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from repository import repository_files
+
 REPO = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT_S = 120
 # Imported once by the process every command is forked from; none is a module of the repository, which each command
@@ -46,9 +48,9 @@ TINY_FLAGS = {
     "sample_composition.py": SAMPLE,
     "sample_3way_composition.py": SAMPLE,
     "sample_joint_diffusion.py": SAMPLE,
-    # 24 epochs of one batch: the cpu-24 preset's, whose epoch 23 README samples. --no-compile: torch.compile of
+    # 24 epochs of one batch: the cpu-24 preset's, whose epoch 23 README samples. --compile off: torch.compile of
     # the preset would take longer than the whole run (it changes the speed, not the result).
-    "train_diffusion.py": ["--epochs", "24", *TINY_NETWORK, "--no-compile"],
+    "train_diffusion.py": ["--epochs", "24", *TINY_NETWORK, "--compile", "off"],
     "train_joint_diffusion.py": ["--epochs", "24", *TINY_NETWORK],  # as README's runs: their epoch 23 exists
     # 200 steps: README samples runs/classifier_ckpt_200.pth. One pool serves them all, tested once.
     "train_classifier.py": ["--steps", "200", *TINY_POOL, *TINY_CLASSIFIER, "--pool-reuse", "200",
@@ -96,14 +98,6 @@ def readme_command_lines(readme: str) -> list:
 
 def is_script_command(words) -> bool:
     return len(words) >= 2 and words[0] in ("python", "python3") and words[1].endswith(".py")
-
-
-def repository_files() -> list:
-    """What a clone holds: the tracked files, and those not yet committed that git does not ignore (a commit of
-    this working tree would add them)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout
-    return sorted(name for name in set(listed.split("\0")) if name and (REPO / name).is_file())
 
 
 def files_git_would_add(clone, committed) -> list:

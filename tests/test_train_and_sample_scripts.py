@@ -36,9 +36,9 @@ def test_cli_overrides_and_preset(data_root):
     preset = train_diffusion.parse_args(["--preset", "cpu", "--epochs", "3"])
     assert preset["EPOCHS"] == 3  # an explicit flag wins over the preset
     assert preset["LR_SCHEDULE"] == "onecycle" and preset["CHANNELS"] == [32, 64, 128, 128]
-    assert preset["PRECISION"] == "float32" and not preset["COMPILE"]
+    assert preset["PRECISION"] == "float32" and preset["COMPILE"] == "off"
     longer = train_diffusion.parse_args(["--preset", "cpu-24", "--gen-idx", "1"])
-    assert (longer["EPOCHS"], longer["PRECISION"], longer["COMPILE"]) == (24, "auto", True)
+    assert (longer["EPOCHS"], longer["PRECISION"], longer["COMPILE"]) == (24, "auto", "on")
     assert longer["CHANNELS"] == preset["CHANNELS"] and longer["LR_SCHEDULE"] == "onecycle"
 
 
@@ -127,7 +127,7 @@ def test_bfloat16_compiled_training_keeps_the_checkpoint_format(data_root, tmp_p
     """--compile --precision bfloat16 (the cpu-24 preset's; the cpu preset stays float32) trains float32 weights
     with the reference's keys, and a resume must keep the precision it started with."""
     train_diffusion.main(TINY + ["--ckpt-dir", str(tmp_path), "--data-root", str(data_root), "--epochs", "1",
-                                 "--compile", "--precision", "bfloat16"])
+                                 "--compile", "on", "--precision", "bfloat16"])
     state = torch.load(tmp_path / "gen_M1_ckpt_0.pth")
     reference = train_diffusion.ScoreNet(lambda t: t, channels=[32, 32, 32, 32], embed_dim=16, input_channels=3)
     assert state.keys() == reference.state_dict().keys()
@@ -168,7 +168,7 @@ def test_energy_training_writes_its_own_checkpoints_that_a_plain_loader_refuses(
     with pytest.raises(UserError, match="train_diffusion.py --energy"):
         load_energy_model(tmp_path / "gen_M1_ckpt_0.pth", VESDE())
     with pytest.raises(UserError, match="eager float32"):
-        train_diffusion.main(args + ["--energy", "--compile"])
+        train_diffusion.main(args + ["--energy", "--compile"])  # alone: on
 
 
 @pytest.mark.parametrize("args,message", [
