@@ -3,7 +3,7 @@ same exact targets.
 
 Each row samples one operator with its system's sampler at about the same budget, ~100 evaluations of the
 composed score per sample (each evaluates every base model once), and scores the samples with the project's
-oracle against the operator's exact target (targets.py) or, where it has none, against its intended one:
+oracle against the operator's exact target (sculpting/targets.py) or, where it has none, against its intended one:
   sculpting     BinaryDiffusionComposition / ConditionalDiffusionComposition, heun-churn (the cpu recipe)
   composable    Composable Diffusion's score sums (models/operators.py), the same sampler
   rrr-*         Reduce, Reuse, Recycle: the sum sampled with annealed MCMC (samplers/mcmc.py); mala and hmc on
@@ -26,25 +26,25 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, ORACLE_CHECKPOINT, REFERENCE_EPOCH,
+from sculpting.artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, ORACLE_CHECKPOINT, REFERENCE_EPOCH,
                        THREE_WAY_CLASSIFIER, base_model_path, energy_model_name, reference_classifier_checkpoint)
-from checkpoints import (atomic_save, check_composition_provenance, ensure_writable_dir, load_classifier,
+from sculpting.checkpoints import (atomic_save, check_composition_provenance, ensure_writable_dir, load_classifier,
                          load_energy_model, load_oracle, load_score_model)
-from cli import configure, run_main
+from sculpting.cli import configure, run_main
 from custom_datasets import cell_name, dataset_spec
-from errors import UserError
-from evaluation import composition_metrics, percent, sample_cells
-from images import save_image_grid
+from sculpting.errors import UserError
+from sculpting.evaluation import composition_metrics, percent, sample_cells
+from sculpting.images import save_image_grid
 from models.classifier_model import JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier
 from models.compositions import compose
 from models.operators import negation, product_of_experts
 from models.oracle import predict
-from recipes import CPU_SAMPLER
-from reproduction.report import update_markers
-from runtime import get_device
+from sculpting.recipes import CPU_SAMPLER
+from sculpting.reproduction.report import update_markers
+from sculpting.runtime import get_device
 from samplers import MCMCKernel, annealed_mcmc_sampler, fkc_product_sampler, superdiff_sampler
-from sde import VESDE
-from targets import OPERATOR_TARGETS, operator_target, target_distribution
+from sculpting.sde import VESDE
+from sculpting.targets import OPERATOR_TARGETS, operator_target, target_distribution
 
 REPO = Path(__file__).resolve().parent
 

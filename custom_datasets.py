@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from errors import UserError
+from sculpting.errors import UserError
 
 DATA_ROOT = "data"
 COLOURS = ("grey", "red", "green")

@@ -31,19 +31,19 @@ from pathlib import Path
 
 import torch
 
-from artefacts import ORACLE_CHECKPOINT, THREE_WAY_CLASSIFIER, reference_classifier_checkpoint
-from checkpoints import (check_provenance, ensure_writable_dir, holds_label_head, load_classifier,
+from sculpting.artefacts import ORACLE_CHECKPOINT, THREE_WAY_CLASSIFIER, reference_classifier_checkpoint
+from sculpting.checkpoints import (check_provenance, ensure_writable_dir, holds_label_head, load_classifier,
                          load_labelled_model, load_oracle)
-from cli import configure, run_main
+from sculpting.cli import configure, run_main
 from custom_datasets import DATA_ROOT, cell_name, colour_images, load_mnist
-from errors import UserError
-from evaluation import load_samples, read_meta, row_name, sample_cells
+from sculpting.errors import UserError
+from sculpting.evaluation import load_samples, read_meta, row_name, sample_cells
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier, marginal_log_probs
 from models.joint_diffusion import MarginalProductClassifier
 from models.oracle import predict
 from samplers.pc_sampler import SAMPLING_EPS
-from sde import VESDE
-from targets import model_posteriors, validate_composition
+from sculpting.sde import VESDE
+from sculpting.targets import model_posteriors, validate_composition
 
 CLASSIFIER_CKPT = reference_classifier_checkpoint(THREE_WAY_CLASSIFIER)
 MODELS = []  # empty: MN1 MN2 MN3, or with SAMPLES the models in the .json beside them

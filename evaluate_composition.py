@@ -3,7 +3,7 @@
 Reads <stem>.pt (samples [N, C, 28, 28] in [0, 1]) and the <stem>.json beside
 it for the base models and observations (--models / --observations override
 or supply them), classifies every sample with the oracle (models/oracle.py)
-into a (digit, colour) cell, and compares with the exact target of targets.py:
+into a (digit, colour) cell, and compares with the exact target of sculpting/targets.py:
     python evaluate_composition.py --samples outputs/composition_M1_M2_y1-1_y2-1_g20.pt
 Prints a table, and writes <stem>_eval.json and <stem>_eval.png (target vs
 measured per cell) beside the samples or in --out-dir. Generates nothing.
@@ -31,15 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-import evaluation
-from artefacts import ORACLE_CHECKPOINT, evaluation_plot, evaluation_report
-from checkpoints import ensure_writable_dir, load_oracle
-from cli import configure, run_main
-from errors import UserError
-from evaluation import (composition_metrics, load_samples, plug_in_target, read_meta, row_name, sample_cells,
+from sculpting import evaluation
+from sculpting.artefacts import ORACLE_CHECKPOINT, evaluation_plot, evaluation_report
+from sculpting.checkpoints import ensure_writable_dir, load_oracle
+from sculpting.cli import configure, run_main
+from sculpting.errors import UserError
+from sculpting.evaluation import (composition_metrics, load_samples, plug_in_target, read_meta, row_name, sample_cells,
                         unrecognisable_reasons)
 from models.oracle import CONFIDENCE, predict
-from targets import target_distribution, validate_composition
+from sculpting.targets import target_distribution, validate_composition
 
 SAMPLES = None  # path of the samples .pt
 MODELS = []  # empty: read "models" from the .json beside the samples

@@ -24,24 +24,24 @@ from pathlib import Path
 
 import torch
 
-from artefacts import JOINT_CLASSIFIER, ORACLE_CHECKPOINT, reference_classifier_checkpoint
-from checkpoints import atomic_write_text, ensure_writable_dir, load_classifier, load_labelled_model, load_oracle
-from cli import configure, run_main
+from sculpting.artefacts import JOINT_CLASSIFIER, ORACLE_CHECKPOINT, reference_classifier_checkpoint
+from sculpting.checkpoints import atomic_write_text, ensure_writable_dir, load_classifier, load_labelled_model, load_oracle
+from sculpting.cli import configure, run_main
 from custom_datasets import COLOURS, DATA_ROOT, LabelledImages, dataset_spec
-from errors import UserError
-from evaluation import composition_metrics, parse_cell, percent, sample_cells
-from images import save_image_grid
+from sculpting.errors import UserError
+from sculpting.evaluation import composition_metrics, parse_cell, percent, sample_cells
+from sculpting.images import save_image_grid
 from models.classifier_model import JointYClassifier, marginal_log_probs
 from models.fast_paths import fast_score_model, resolve_precision
 from models.joint_diffusion import JointScoreNet, guided_score
 from models.oracle import predict
-from recipes import CPU_SAMPLER
-from reproduction.report import update_markers
-from runtime import get_device
+from sculpting.recipes import CPU_SAMPLER
+from sculpting.reproduction.report import update_markers
+from sculpting.runtime import get_device
 from samplers import sample_in_batches
 from samplers.pc_sampler import SAMPLING_EPS
-from sde import VESDE
-from targets import target_distribution
+from sculpting.sde import VESDE
+from sculpting.targets import target_distribution
 
 REPO = Path(__file__).resolve().parent
 

@@ -29,13 +29,13 @@ checkpoints/MANIFEST.sha256 (without it, a run that would replace one stops befo
     python reproduce.py --summary-only --out-dir results/cpu   # README's table and results/cpu.md from its rows
 """
 
-from checkpoints import ensure_writable_dir, refuse_shipped
-from cli import configure, run_main
+from sculpting.checkpoints import ensure_writable_dir, refuse_shipped
+from sculpting.cli import configure, run_main
 from custom_datasets import ensure_mnist
-from recipes import SCALES
-from reproduction.report import write_summary
-from reproduction.runner import Pipeline, matches, read_timings
-from reproduction.stages import Plan, stage_graph
+from sculpting.recipes import SCALES
+from sculpting.reproduction.report import write_summary
+from sculpting.reproduction.runner import Pipeline, matches, read_timings
+from sculpting.reproduction.stages import Plan, stage_graph
 
 SCALE = "cpu"
 RUN_DIR = None  # None: runs/<SCALE> (runs/<SCALE>_seed<SEED> for SEED > 0)

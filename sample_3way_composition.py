@@ -9,14 +9,14 @@ The composition is built in main(), in plain view: edit those lines to compose o
 Writes <OUT_DIR>/composition_<models>_y1-<Y_1>_y2-<Y_2>_y3-<Y_3>_g<GUIDANCE>_g<GUIDANCE_3>.png, .pt and
 .json (..._s<SEED> for SEED > 0); samples of other settings under that name are replaced only with --overwrite.
 """
-from artefacts import (CONDITIONAL_CLASSIFIER, REFERENCE_EPOCH, THREE_WAY_CLASSIFIER, composition_stem,
+from sculpting.artefacts import (CONDITIONAL_CLASSIFIER, REFERENCE_EPOCH, THREE_WAY_CLASSIFIER, composition_stem,
                        reference_classifier_checkpoint)
-from checkpoints import check_composition_provenance, load_classifier
-from cli import configure, run_main
+from sculpting.checkpoints import check_composition_provenance, load_classifier
+from sculpting.cli import configure, run_main
 from models.classifier_model import ThreeWayConditionalYClassifier, ThreeWayJointYClassifier
 from models.compositions import BinaryDiffusionComposition, ConditionalDiffusionComposition
-from sampling_scripts import base_model_paths, composition_record, sample_run
-from targets import validate_composition
+from sculpting.sampling import base_model_paths, composition_record, sample_run
+from sculpting.targets import validate_composition
 
 GEN_IDX_1 = "MN1"
 GEN_IDX_2 = "MN2"

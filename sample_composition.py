@@ -10,13 +10,13 @@ The composition is built in main(), in plain view: edit those lines to compose o
 Writes <OUT_DIR>/composition_<GEN_IDX_1>_<GEN_IDX_2>_y1-<Y_1>_y2-<Y_2>_g<GUIDANCE>.png, .pt and .json
 (..._s<SEED> for SEED > 0); samples of other settings under that name are replaced only with --overwrite.
 """
-from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, composition_stem, reference_classifier_checkpoint
-from checkpoints import check_composition_provenance, load_classifier
-from cli import configure, run_main
+from sculpting.artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, composition_stem, reference_classifier_checkpoint
+from sculpting.checkpoints import check_composition_provenance, load_classifier
+from sculpting.cli import configure, run_main
 from models.classifier_model import JointYClassifier
 from models.compositions import BinaryDiffusionComposition
-from sampling_scripts import base_model_paths, composition_record, sample_run
-from targets import validate_composition
+from sculpting.sampling import base_model_paths, composition_record, sample_run
+from sculpting.targets import validate_composition
 
 GEN_IDX_1 = "M1"
 GEN_IDX_2 = "M2"

@@ -6,9 +6,9 @@ Writes <OUT_DIR>/individual_<GEN_IDX>.png (individual_<GEN_IDX>_s<SEED>.png for 
 and their settings as .json; samples of other settings under that name are replaced only with --overwrite.
 """
 
-from artefacts import REFERENCE_EPOCH, individual_stem
-from cli import configure, run_main
-from sampling_scripts import base_model_paths, sample_run
+from sculpting.artefacts import REFERENCE_EPOCH, individual_stem
+from sculpting.cli import configure, run_main
+from sculpting.sampling import base_model_paths, sample_run
 
 GEN_IDX = "MN1"
 NUM_SAMPLES = 64

@@ -12,12 +12,12 @@ Writes <OUT_DIR>/joint_<checkpoint stem>_<classes>_<variant or classifier>_a<SAM
 dataset-labelled model's .json names the models and 1-based observations, so evaluate_composition.py scores it).
 """
 
-from artefacts import joint_diffusion_stem
-from checkpoints import load_labelled_model
-from cli import configure, run_main
-from errors import UserError
+from sculpting.artefacts import joint_diffusion_stem
+from sculpting.checkpoints import load_labelled_model
+from sculpting.cli import configure, run_main
+from sculpting.errors import UserError
 from models.joint_diffusion import GUIDANCE_VARIANTS, JointScoreNet, LabelClassifier, guided_score
-from sampling_scripts import sample_run
+from sculpting.sampling import sample_run
 
 JOINT_CKPT = "runs/joint/joint_MN2_cell_ckpt_23.pth"  # the joint model (train_joint_diffusion.py)
 CLASSES = ["green 1"]  # the head's class names to sample towards; several: the product of their posteriors

@@ -8,9 +8,9 @@ terminal cross-entropy over the 3 one-hot label entries, hence TERMINAL_LOSS_SCA
 
 CPU-scale example: see train_classifier.py (the same pool and trunk flags).
 """
-from artefacts import REFERENCE_EPOCH, RUN_DIR, THREE_WAY_CLASSIFIER
-from classifier_training import parse_config, train_joint_classifier
-from cli import run_main
+from sculpting.artefacts import REFERENCE_EPOCH, RUN_DIR, THREE_WAY_CLASSIFIER
+from sculpting.classifier_training import parse_config, train_joint_classifier
+from sculpting.cli import run_main
 from models.classifier_model import ThreeWayJointYClassifier
 
 GEN_IDX_1 = "MN1"

@@ -14,18 +14,18 @@ import copy
 
 import torch
 
-from artefacts import (CONDITIONAL_CLASSIFIER, REFERENCE_EPOCH, RUN_DIR, THREE_WAY_CLASSIFIER,
+from sculpting.artefacts import (CONDITIONAL_CLASSIFIER, REFERENCE_EPOCH, RUN_DIR, THREE_WAY_CLASSIFIER,
                        reference_classifier_checkpoint)
-from checkpoints import check_provenance, classifier_provenance, load_classifier
-from classifier_training import (TrajectoryPool, base_model_files, build_classifier, conditional_training_loss,
+from sculpting.checkpoints import check_provenance, classifier_provenance, load_classifier
+from sculpting.classifier_training import (TrajectoryPool, base_model_files, build_classifier, conditional_training_loss,
                                  every_nth_step, fit, load_base_models, make_tester, parse_config, start_run,
                                  trainable_steps, trajectory_sampler)
-from cli import run_main
-from errors import UserError
+from sculpting.cli import run_main
+from sculpting.errors import UserError
 from models.classifier_model import (ThreeWayConditionalYClassifier, ThreeWayJointYClassifier, marginal_log_probs,
                                      unordered_pairs)
 from models.compositions import compose
-from sde import VESDE
+from sculpting.sde import VESDE
 
 GEN_IDX_1 = "MN1"
 GEN_IDX_2 = "MN2"

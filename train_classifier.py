@@ -14,9 +14,9 @@ the shipped checkpoints/ is never written), each with <checkpoint>.provenance.js
 (names and SHA-256 of their checkpoints) it was trained on, which the sample scripts check. Every test is also
 written to <CKPT_DIR>/<CLASSIFIER_NAME>_tests.json. Ctrl-C or SIGTERM stops after the current step, saving it.
 """
-from artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, RUN_DIR
-from classifier_training import parse_config, train_joint_classifier
-from cli import run_main
+from sculpting.artefacts import JOINT_CLASSIFIER, REFERENCE_EPOCH, RUN_DIR
+from sculpting.classifier_training import parse_config, train_joint_classifier
+from sculpting.cli import run_main
 from models.classifier_model import JointYClassifier
 
 GEN_IDX_1 = "M1"

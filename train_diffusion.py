@@ -17,20 +17,20 @@ from pathlib import Path
 
 import torch
 
-from artefacts import (RUN_DIR, base_model_checkpoint, base_model_checkpoints_glob, energy_model_name, loss_plot,
+from sculpting.artefacts import (RUN_DIR, base_model_checkpoint, base_model_checkpoints_glob, energy_model_name, loss_plot,
                        numbered_files, train_state)
-from checkpoints import ensure_writable_dir
-from cli import configure, run_main
+from sculpting.checkpoints import ensure_writable_dir
+from sculpting.cli import configure, run_main
 from custom_datasets import ColouredMNIST
-from errors import UserError
-from losses import denoising_score_matching_loss
+from sculpting.errors import UserError
+from sculpting.losses import denoising_score_matching_loss
 from models.fast_paths import PRECISIONS, AutocastScore, compile_in_place, resolve_precision
 from models.energy_model import EnergyScoreNet
 from models.score_model import ScoreNet
-from recipes import PRESETS
-from runtime import get_device, seed_everything
-from sde import VESDE
-from training import (make_scheduler, plot_losses, prepare_run, restore_run, run_epochs, save_training_state,
+from sculpting.recipes import PRESETS
+from sculpting.runtime import get_device, seed_everything
+from sculpting.sde import VESDE
+from sculpting.training import (make_scheduler, plot_losses, prepare_run, restore_run, run_epochs, save_training_state,
                       save_weights, saves_checkpoint)
 
 GEN_IDX = "MN1"

@@ -14,18 +14,18 @@ import math
 import numpy as np
 import torch
 
-from artefacts import RUN_DIR, numbered_files
-from checkpoints import atomic_save, ensure_writable_dir, half_state_dict, refuse_shipped
-from cli import configure, run_main
+from sculpting.artefacts import RUN_DIR, numbered_files
+from sculpting.checkpoints import atomic_save, ensure_writable_dir, half_state_dict, refuse_shipped
+from sculpting.cli import configure, run_main
 from custom_datasets import LABELS, LabelledImages
-from errors import UserError
-from losses import joint_diffusion_loss, noised_classifier_loss
+from sculpting.errors import UserError
+from sculpting.losses import joint_diffusion_loss, noised_classifier_loss
 from models.fast_paths import PRECISIONS, resolve_precision
 from models.joint_diffusion import HEAD_FEATURE_CHOICES, JointScoreNet, LabelClassifier
-from recipes import PRESETS
-from runtime import get_device, seed_everything
-from sde import VESDE
-from training import (make_scheduler, plot_losses, prepare_run, restore_run, run_epochs, save_training_state,
+from sculpting.recipes import PRESETS
+from sculpting.runtime import get_device, seed_everything
+from sculpting.sde import VESDE
+from sculpting.training import (make_scheduler, plot_losses, prepare_run, restore_run, run_epochs, save_training_state,
                       save_weights, saves_checkpoint)
 
 GEN_IDX = ["MN2"]  # one dataset, or several: the model learns their union, each dataset drawn equally often

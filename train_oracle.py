@@ -18,13 +18,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from artefacts import ORACLE_CHECKPOINT, ORACLE_FILE, RUN_DIR
-from checkpoints import atomic_save, ensure_writable_dir, half_state_dict, load_oracle, refuse_shipped
-from cli import configure, run_main
+from sculpting.artefacts import ORACLE_CHECKPOINT, ORACLE_FILE, RUN_DIR
+from sculpting.checkpoints import atomic_save, ensure_writable_dir, half_state_dict, load_oracle, refuse_shipped
+from sculpting.cli import configure, run_main
 from custom_datasets import COLOURS, colour_images, load_mnist
-from errors import UserError
+from sculpting.errors import UserError
 from models.oracle import CONFIDENCE, JUNK_CLASS, ORACLE_COLOURS, OracleNet, predict
-from runtime import get_device, seed_everything
+from sculpting.runtime import get_device, seed_everything
 
 EPOCHS = 3
 BATCH_SIZE = 128

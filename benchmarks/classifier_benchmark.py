@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from artefacts import JOINT_CLASSIFIER, test_history  # noqa: E402
-from classifier_training import Trajectories, frozen_copy, joint_training_loss  # noqa: E402
-from cli import configure, run_main, run_script  # noqa: E402
-from losses import JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, select_steps  # noqa: E402
+from sculpting.artefacts import JOINT_CLASSIFIER, test_history  # noqa: E402
+from sculpting.classifier_training import Trajectories, frozen_copy, joint_training_loss  # noqa: E402
+from sculpting.cli import configure, run_main, run_script  # noqa: E402
+from sculpting.losses import JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, select_steps  # noqa: E402
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier  # noqa: E402
 from models.fast_paths import malloc_setting  # noqa: E402
 from samplers import time_grid  # noqa: E402

@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from checkpoints import ensure_writable_dir, load_oracle, load_score_model  # noqa: E402
-from cli import configure, run_main  # noqa: E402
+from sculpting.checkpoints import ensure_writable_dir, load_oracle, load_score_model  # noqa: E402
+from sculpting.cli import configure, run_main  # noqa: E402
 from custom_datasets import ColouredMNIST  # noqa: E402
-from errors import UserError  # noqa: E402
+from sculpting.errors import UserError  # noqa: E402
 from models.oracle import INK_LEVEL, predict  # noqa: E402
 from samplers.pc_sampler import denoising_step, euler_maruyama_predictor, langevin_corrector, time_grid  # noqa: E402
-from sde import VESDE  # noqa: E402
+from sculpting.sde import VESDE  # noqa: E402
 
 GEN_IDX = "MN1"
 CKPT_PATHS = ["checkpoints/gen_MN1_ckpt_195.pth"]  # the checkpoints of GEN_IDX to compare

@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from artefacts import composition_stem, evaluation_report  # noqa: E402
-from cli import configure, run_main, run_script  # noqa: E402
-from errors import UserError  # noqa: E402
-from recipes import SCALES  # noqa: E402
-from showcase import SHOWCASE, sample_command  # noqa: E402
+from sculpting.artefacts import composition_stem, evaluation_report  # noqa: E402
+from sculpting.cli import configure, run_main, run_script  # noqa: E402
+from sculpting.errors import UserError  # noqa: E402
+from sculpting.recipes import SCALES  # noqa: E402
+from sculpting.showcase import SHOWCASE, sample_command  # noqa: E402
 
 SCALE = "cpu"  # the scale whose float32 results (results/<SCALE>/) are compared against
 ROWS = [1, 8]  # showcase.SHOWCASE indices

@@ -18,14 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cli import configure, run_main  # noqa: E402
-from losses import denoising_score_matching_loss  # noqa: E402
+from sculpting.cli import configure, run_main  # noqa: E402
+from sculpting.losses import denoising_score_matching_loss  # noqa: E402
 from models.classifier_model import JointYClassifier  # noqa: E402
 from models.compositions import compose  # noqa: E402
 from models.fast_paths import AutocastScore, apply_fast_path, resolve_precision  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import Sampler  # noqa: E402
-from sde import VESDE  # noqa: E402
+from sculpting.sde import VESDE  # noqa: E402
 
 CHANNELS = [32, 64, 128, 128]
 TRAIN_BATCH = 128

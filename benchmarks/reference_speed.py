@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from artefacts import composition_stem, evaluation_report  # noqa: E402
-from cli import configure, run_main, run_script  # noqa: E402
-from showcase import SHOWCASE, sample_command  # noqa: E402
+from sculpting.artefacts import composition_stem, evaluation_report  # noqa: E402
+from sculpting.cli import configure, run_main, run_script  # noqa: E402
+from sculpting.showcase import SHOWCASE, sample_command  # noqa: E402
 
 NUM_SAMPLES = 128  # of each run
 EXPORT_DIR = "checkpoints"  # under the reference file names: the shipped checkpoints, or a reproduce.py EXPORT_DIR

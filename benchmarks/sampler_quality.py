@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from artefacts import composition_stem, evaluation_report  # noqa: E402
-from cli import configure, run_main, run_script  # noqa: E402
-from errors import UserError  # noqa: E402
-from reproduction.report import update_markers  # noqa: E402
+from sculpting.artefacts import composition_stem, evaluation_report  # noqa: E402
+from sculpting.cli import configure, run_main, run_script  # noqa: E402
+from sculpting.errors import UserError  # noqa: E402
+from sculpting.reproduction.report import update_markers  # noqa: E402
 from samplers import SAMPLERS  # noqa: E402
-from showcase import SHOWCASE, sample_command  # noqa: E402
+from sculpting.showcase import SHOWCASE, sample_command  # noqa: E402
 
 SETTINGS = ["heun-churn:10", "heun-churn:20", "heun-churn:40", "heun:40"]  # <sampler>:<steps> each row is sampled at
 NUM_SAMPLES = 512  # per row and setting

@@ -39,15 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cli import configure, run_main  # noqa: E402
+from sculpting.cli import configure, run_main  # noqa: E402
 from models.classifier_model import (JointYClassifier, ThreeWayConditionalYClassifier,  # noqa: E402
                                      ThreeWayJointYClassifier)
 from models.compositions import compose  # noqa: E402
 from models.fast_paths import apply_fast_path, malloc_setting, resolve_precision, set_layout  # noqa: E402
 from models.score_model import ScoreNet  # noqa: E402
 from samplers import pc_sampler  # noqa: E402
-from sde import VESDE  # noqa: E402
-from runtime import get_device  # noqa: E402
+from sculpting.sde import VESDE  # noqa: E402
+from sculpting.runtime import get_device  # noqa: E402
 
 CHANNELS = [32, 64, 128, 128]
 JOINT_CHANNELS = [16, 32]  # trunk widths of the 2-model joint classifier

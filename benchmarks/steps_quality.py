@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from artefacts import composition_stem, evaluation_report, individual_stem  # noqa: E402
-from cli import configure, run_main, run_script  # noqa: E402
-from errors import UserError  # noqa: E402
-from showcase import sample_command  # noqa: E402
+from sculpting.artefacts import composition_stem, evaluation_report, individual_stem  # noqa: E402
+from sculpting.cli import configure, run_main, run_script  # noqa: E402
+from sculpting.errors import UserError  # noqa: E402
+from sculpting.showcase import sample_command  # noqa: E402
 
 NUM_STEPS = [500, 250, 100, 50]  # the PC step counts each row is sampled at
 NUM_SAMPLES = 128  # per row and step count

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# The colours of coloured MNIST as custom_datasets.COLOURS lists them (the same indices; tests/test_oracle.py
+# The colours of coloured MNIST as custom_datasets.COLOURS lists them (the same indices; tests/unit/test_oracle.py
 # checks), then the two readings of an image that is no one colour.
 ORACLE_COLOURS = ("grey", "red", "green", "mixed", "blank")
 NUM_DIGITS = 10

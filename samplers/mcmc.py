@@ -12,7 +12,7 @@ Step sizes follow the noise level: eps = step_size * std(t)^2 (a leapfrog step h
 leapfrog step from rest is one Langevin step). The Metropolis tests are per sample, with the proposal density
 of the proposal actually made, and the kinetic energy of the momentum before and after the trajectory (not of
 a tensor updated in place): the defects the issue names in the public code are avoided by construction, and
-tests/test_operators.py checks the stationary distribution on an analytic target.
+tests/unit/test_operators.py checks the stationary distribution on an analytic target.
 
 An energy model is one with `energy_and_score(x, t)` -> (E [B], -grad_x E), e.g. EnergyScoreNet or a ScoreSum
 of them. Every call of the model counts as one score evaluation (an energy model's includes its energy).

@@ -7,6 +7,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # the shared helpers (analytic, repository) for every kind of test
 os.chdir(REPO)  # scripts resolve their default folders (data/, checkpoints/) from the repo root
 torch.set_num_threads(1)  # the suite is many small ops: one thread is fastest and shares the machine well
 
