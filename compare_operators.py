@@ -50,17 +50,7 @@ REPO = Path(__file__).resolve().parent
 
 NUM_SAMPLES = 512
 BATCH_SIZE = 128  # also the particle population of fkc-smc
-GEN_CKPT_DIR = "checkpoints"
-GEN_CKPT_EPOCH = REFERENCE_EPOCH
-ENERGY_CKPT_DIR = "checkpoints/energy"  # gen_<GEN_IDX>_energy_ckpt_<ENERGY_CKPT_EPOCH>.pth: the rows on energy models
-ENERGY_CKPT_EPOCH = 11  # the epoch of those checkpoints (the cpu preset trains 12: 0..11)
-ONLY = None
 SEED = 0
-DEVICE = "auto"
-THREADS = 0
-OUT_DIR = "results/operators"
-PLOT_ONLY = False
-FORCE = False  # sculpt with classifiers trained on other base models than GEN_CKPT_DIR's (each row's .json records it)
 
 # Every system at ~100 composed-score evaluations per sample.
 HEUN = CPU_SAMPLER  # the cpu recipe's: 79 score evaluations per sample
@@ -72,6 +62,18 @@ HMC = MCMCKernel("hmc", steps_per_level=1, step_size=0.05, leapfrog_steps=3)
 MCMC_LEVELS = {"ula": 34, "mala": 34, "uhmc": 26, "hmc": 26}
 GUIDANCE = 20.0  # sculpting's two-model rows, as in README's Results
 GUIDANCE_3WAY = [10.0, 75.0]  # sculpting-123: the joint and the conditional classifier's guidance scales
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = REFERENCE_EPOCH
+ENERGY_CKPT_DIR = "checkpoints/energy"  # gen_<GEN_IDX>_energy_ckpt_<ENERGY_CKPT_EPOCH>.pth: the rows on energy models
+ENERGY_CKPT_EPOCH = 11  # the epoch of those checkpoints (the cpu preset trains 12: 0..11)
+ONLY = None
+DEVICE = "auto"
+THREADS = 0
+OUT_DIR = "results/operators"
+PLOT_ONLY = False
+FORCE = False  # sculpt with classifiers trained on other base models than GEN_CKPT_DIR's (each row's .json records it)
 
 # The rows: suite -> (base models, [(method, operator, what it samples)]). The operator names the target.
 SUITES = {

@@ -22,8 +22,15 @@ them: for (1, 2), misses with an off-diagonal mass as high as the 4s' and 5s'.
     python evaluate_classifier.py --classifier-ckpt checkpoints/classifier_ckpt_200.pth --models M1 M2
     python evaluate_classifier.py --classifier-ckpt checkpoints/subdigits_classifier_ckpt_200.pth \
         --samples results/cpu/composition_1_2_y1-1_y2-2_g20.pt
-Prints a table; writes <OUT_DIR>/<checkpoint stem>_calibration.json, or with --samples
-<OUT_DIR>/<checkpoint stem>_on_<samples stem>.json.
+    python evaluate_classifier.py --classifier-ckpt checkpoints/classifier_ckpt_200.pth --models M1 M2 --trajectories 32
+
+With --trajectories N, the images are instead the states of N trajectories of each base model (the cpu recipe's
+sampler, the checkpoints in GEN_CKPT_DIR), and at every noise level the classifier is compared with the exact
+posterior of the finite datasets (models/exact.py): the mean |Q - exact| of its joint table and, for each label
+pair, its guidance gradient grad_x log Q(y1, y2 | x_t) against the exact one (cosine, its mean weighted by the exact norm; ratio of mean norms):
+what the sampler actually uses.
+Prints a table; writes <OUT_DIR>/<checkpoint stem>_calibration.json, with --samples
+<OUT_DIR>/<checkpoint stem>_on_<samples stem>.json, with --trajectories <OUT_DIR>/<checkpoint stem>_trajectories.json.
 """
 import json
 from collections import Counter
@@ -31,11 +38,15 @@ from pathlib import Path
 
 import torch
 
-from sculpting.artefacts import ORACLE_CHECKPOINT, THREE_WAY_CLASSIFIER, reference_classifier_checkpoint
+from sculpting.artefacts import (ORACLE_CHECKPOINT, REFERENCE_EPOCH, THREE_WAY_CLASSIFIER, base_model_path,
+                                 reference_classifier_checkpoint)
 from sculpting.checkpoints import (check_provenance, ensure_writable_dir, holds_label_head, load_classifier,
-                         load_labelled_model, load_oracle)
+                                   load_labelled_model, load_oracle, load_score_model)
+from sculpting.classifier_training import sample_trajectories
+from sculpting.exact import exact_ingredients
+from sculpting.recipes import CPU_SAMPLER
 from sculpting.cli import configure, run_main
-from custom_datasets import DATA_ROOT, cell_name, colour_images, load_mnist
+from custom_datasets import DATA_ROOT, cell_name, colour_images, dataset_spec, load_mnist
 from sculpting.errors import UserError
 from sculpting.evaluation import load_samples, read_meta, row_name, sample_cells
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier, marginal_log_probs
@@ -51,10 +62,15 @@ IMAGES_PER_CELL = 200
 SAMPLES = None  # a sample script's .pt: judge the classifier on those samples, grouped by the oracle
 ORACLE = ORACLE_CHECKPOINT
 TIME = SAMPLING_EPS
+TRAJECTORIES = 0  # > 0: compare with the exact posterior along this many trajectories of each base model
+
+# ---- engineering settings: how and where it runs, not what it samples ----
 OUT_DIR = "outputs"
 DEVICE = "cpu"
 THREADS = 0
 FORCE = False  # judge a classifier against models other than those it was trained on (the .json records it)
+GEN_CKPT_DIR = "checkpoints"  # the base models whose trajectories --trajectories follows
+SEED = 0
 
 CLASSIFIERS = {2: (JointYClassifier, "train_classifier.py"), 3: (ThreeWayJointYClassifier, "train_3way_classifier.py")}
 
@@ -107,6 +123,53 @@ def calibration(classifier, groups, time) -> list:
     return rows
 
 
+def along_trajectories(classifier, models, count, config) -> list:
+    """One row per noise level of `count` trajectories of each base model: the classifier against the exact
+    posterior (mean |Q - exact| of the joint table) and, per label pair, its guidance gradient against the exact
+    one (cosine weighted by the exact norm, ratio of mean norms)."""
+    sde, device = VESDE(), config["DEVICE"]
+    bases = [load_score_model(base_model_path(config["GEN_CKPT_DIR"], name, REFERENCE_EPOCH), sde, device,
+                              input_channels=dataset_spec(name)[0]) for name in models]
+    trajectories = sample_trajectories(bases, count, CPU_SAMPLER, lambda grid: torch.ones_like(grid, dtype=torch.bool),
+                                       sde, device, torch.Generator(device=device).manual_seed(config["SEED"]))
+    _, exact, _ = exact_ingredients(models, device=device)
+    pairs = [(y1, y2) for y1 in range(len(models)) for y2 in range(y1, len(models))]
+    rows = []
+    for time, x in zip(trajectories.times.tolist(), trajectories.states):
+        t = torch.full((len(x),), time, device=x.device)
+        learned_table, learned_gradients = _table_and_gradients(classifier, x, t, pairs)
+        exact_table, exact_gradients = _table_and_gradients(exact, x, t, pairs)
+        row = {"t": time, "sigma": float(sde.marginal_prob_std(time)), "states": len(x),
+               "mean_abs_error": float((learned_table.exp() - exact_table.exp()).abs().mean())}
+        for (y1, y2), learned, wanted in zip(pairs, learned_gradients, exact_gradients):
+            cosine = torch.nn.functional.cosine_similarity(learned.flatten(1), wanted.flatten(1), dim=1)
+            # Weighted by the exact gradient's norm, and norms over the batch rather than per state: where the exact
+            # gradient vanishes (all of a state's posterior on cells alike for the pair) neither says anything.
+            norms = wanted.flatten(1).norm(dim=1)
+            weights = norms / norms.sum().clamp_min(1e-30)
+            ratio = learned.flatten(1).norm(dim=1).mean() / norms.mean().clamp_min(1e-30)
+            row[f"y=({y1 + 1},{y2 + 1})"] = {"cosine": float((weights * cosine).sum()), "norm_ratio": float(ratio)}
+        rows.append(row)
+    return rows
+
+
+def _table_and_gradients(classifier, x, t, pairs):
+    """The classifier's log joint table (detached) and grad_x log Q(y1, y2 | x_t) for each pair."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        table = classifier(x_in, t)
+        gradients = [torch.autograd.grad(table[:, y1, y2].sum(), x_in, retain_graph=True)[0] for y1, y2 in pairs]
+    return table.detach(), gradients
+
+
+def print_trajectory_table(rows):
+    pairs = [key for key in rows[0] if key.startswith("y=")]
+    print(f"{'t':>6} {'sigma':>7} {'|Q-exact|':>9} " + " ".join(f"{pair + ' cos/ratio':>18}" for pair in pairs))
+    for row in rows:
+        print(f"{row['t']:>6.3f} {row['sigma']:>7.3f} {row['mean_abs_error']:>9.3f} " + " ".join(
+            f"{row[pair]['cosine']:>10.2f}/{row[pair]['norm_ratio']:<7.2f}" for pair in pairs))
+
+
 def print_table(rows, models):
     def vector(values):
         return "[" + " ".join(f"{v:.2f}" for v in values) + "]" if values is not None else "–"
@@ -152,6 +215,15 @@ def main(argv=None):
         # By name: the exact posteriors are of the models' datasets, whichever checkpoints drew the samples.
         mismatch = check_provenance(config["CLASSIFIER_CKPT"], [(name, None) for name in models], force=config["FORCE"])
     stem = Path(config["CLASSIFIER_CKPT"]).stem
+    if config["TRAJECTORIES"]:
+        rows = along_trajectories(classifier, models, config["TRAJECTORIES"], config)
+        print(f"{config['CLASSIFIER_CKPT']} against the exact posterior along {config['TRAJECTORIES']} trajectories of "
+              f"each of {models}")
+        print_trajectory_table(rows)
+        out = ensure_writable_dir(config["OUT_DIR"]) / f"{stem}_trajectories.json"
+        out.write_text(json.dumps({"settings": config, "models": models, "levels": rows}, indent=2) + "\n")
+        print(f"wrote {out}")
+        return rows
     if samples_path is None:
         groups, source, out_name = (real_image_groups(models, config["IMAGES_PER_CELL"]), "MNIST test images",
                                     f"{stem}_calibration.json")

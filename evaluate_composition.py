@@ -44,13 +44,15 @@ from sculpting.targets import target_distribution, validate_composition
 SAMPLES = None  # path of the samples .pt
 MODELS = []  # empty: read "models" from the .json beside the samples
 OBSERVATIONS = []  # 1-based labels; empty: read "observations" from the .json (none there = plain mixture)
+BASE_EVALUATIONS = []  # the base models' <individual>_eval.json, in model order: adds the plug-in target
 ORACLE = ORACLE_CHECKPOINT
 CONFIDENCE_THRESHOLD = CONFIDENCE
 BOOTSTRAP = evaluation.BOOTSTRAP
 CI_LEVEL = evaluation.CI_LEVEL
 SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
 OUT_DIR = None  # None: beside the samples
-BASE_EVALUATIONS = []  # the base models' <individual>_eval.json, in model order: adds the plug-in target
 DATA_ROOT = "data"
 THREADS = 0
 

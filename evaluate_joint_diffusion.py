@@ -12,7 +12,7 @@ sampling   the joint cell model sampled towards each cell: unguided, by its own 
            product of its marginals towards y = (1, 2), (1, 1) and (2, 2) at each of COMPOSITION_SCALES (targets:
            the harmonic mean and the contrasts, which sculpting guides with the joint classifier Q(y1, y2 | x_t)).
 
-    python evaluate_joint_diffusion.py                   # both tables: results/joint_diffusion/ and README
+    python evaluate_joint_diffusion.py                   # both tables: results/joint_diffusion/ and docs/joint_diffusion.md
     python evaluate_joint_diffusion.py --parts accuracy  # the accuracy table only (seconds)
 A sampling row's scores are kept (rows/<name>.json, with its 64-sample grid); a rerun reuses every row whose
 settings are unchanged.
@@ -49,22 +49,24 @@ JOINT_CELL_CKPT = "runs/joint/joint_MN2_cell_ckpt_23.pth"  # joint model of MN2'
 CELL_CLASSIFIER_CKPT = "runs/joint/classifier_MN2_cell_ckpt_23.pth"  # the separate classifier of those cells
 JOINT_DATASET_CKPT = "runs/joint/joint_M1+M2_dataset_ckpt_23.pth"  # joint model of M1 and M2: which dataset
 SCULPTING_CLASSIFIER_CKPT = reference_classifier_checkpoint(JOINT_CLASSIFIER)  # Q(y1, y2 | x_t) of M1 and M2
-PARTS = ["accuracy", "sampling"]  # which tables to measure (the others are kept from the last run)
 NOISE_LEVELS = [0.0, 0.5, 1.0, 2.0, 5.0]  # std of the noise added to the test images; 0: clean, at t = eps
 INPUT_SCALES = [1.0, 4.0, 16.0]  # alpha of the head's guidance of x_t, and the separate classifier's scale
 BOTTLENECK_LRS = [10.0]  # alpha of the bottleneck's move (a 64-sample pilot: 10 best of 1, 10, 100, 1000)
 FEATURES_LRS = [10.0]  # alpha of every encoder level's move (pilot: 10 best of 1, 10, 100)
 COMPOSITION_SCALES = [1.0, 20.0]  # scales of the dataset model's product-of-marginals guidance
 NUM_SAMPLES = 512
-BATCH_SIZE = 128
 NUM_STEPS = CPU_SAMPLER.num_steps  # heun-churn noise levels (the cpu recipe's sampler), denoised last step
-SEED = 0
 ORACLE = ORACLE_CHECKPOINT
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+PARTS = ["accuracy", "sampling"]  # which tables to measure (the others are kept from the last run)
+BATCH_SIZE = 128
 PRECISION = "auto"
 DEVICE = "auto"
 THREADS = 0
 OUT_DIR = "results/joint_diffusion"
-UPDATE_README = True  # write the tables into README.md between their markers
+UPDATE_DOCS = True  # write the tables into docs/joint_diffusion.md between their markers
 
 
 def test_images(data: LabelledImages):
@@ -301,8 +303,8 @@ def main(argv=None):
                          f"{sampling['precision']} on {sampling['device']} ({sampling['cpu_capability']})."))
     markdown = "\n\n".join(text for _, text in sections)
     (out_dir / "joint_diffusion.md").write_text(markdown + "\n")
-    for marker, text in sections if config["UPDATE_README"] else []:
-        update_markers(REPO / "README.md", marker, text)
+    for marker, text in sections if config["UPDATE_DOCS"] else []:
+        update_markers(REPO / "docs" / "joint_diffusion.md", marker, text)
     print(f"wrote {results_file} and {out_dir / 'joint_diffusion.md'}")
 
 

@@ -9,7 +9,13 @@ reference names -> 3-way joint -> 3-way conditional, and the 2-model classifiers
 Each stage starts as soon as the stages it reads from have finished; JOBS of them
 run side by side (the cpu scale: 2, each on one thread; progress lines every minute
 show each running stage's latest progress bar, whose full output is in
-<RUN_DIR>/logs/). Training runs write to RUN_DIR; the final checkpoints are exported
+<RUN_DIR>/logs/). On a machine with GPUs each running stage gets one of its own
+(CUDA_VISIBLE_DEVICES, round-robin over the free ones; GPUS chooses them); on a Slurm
+cluster, --launcher slurm submits each ready stage as a job (docs/pipeline.md):
+
+    python reproduce.py --scale paper --jobs 4                       # 4 GPUs of this machine
+    python reproduce.py --scale paper --launcher slurm --slurm-partition gpu --slurm-options account=myproject
+ Training runs write to RUN_DIR; the final checkpoints are exported
 to EXPORT_DIR under the reference file names (half precision at the cpu scale), and
 every later stage reads them from there, so the results describe exactly the
 exported files. A stage whose outputs exist is skipped; an interrupted base-model
@@ -30,38 +36,70 @@ checkpoints/MANIFEST.sha256 (without it, a run that would replace one stops befo
 """
 
 from sculpting.checkpoints import ensure_writable_dir, refuse_shipped
-from sculpting.cli import configure, run_main
+from sculpting.cli import configure, flag_name, run_main
 from custom_datasets import ensure_mnist
 from sculpting.recipes import SCALES
 from sculpting.reproduction.report import write_summary
+from sculpting.errors import UserError
 from sculpting.reproduction.runner import Pipeline, matches, read_timings
+from sculpting.reproduction.slurm import SlurmLauncher, job_shapes, sbatch_options
 from sculpting.reproduction.stages import Plan, stage_graph
+from sculpting.runtime import visible_gpus
 
 SCALE = "cpu"
+NUM_SAMPLES = 512
+NUM_STEPS = None  # sampler steps of every sample; None: the scale's for the sampler (recipes.CPU_STEPS, PAPER_STEPS)
+SAMPLER = None  # of every sampling stage (showcase rows, base models alone, classifier pools); None: the scale's
+# (cpu: heun-churn; paper: pc)
+SEED = 0  # of every training and sampling stage: another seed is an independent replicate of the whole run
+
+# ---- engineering settings: how and where it runs, not what it samples ----
 RUN_DIR = None  # None: runs/<SCALE> (runs/<SCALE>_seed<SEED> for SEED > 0)
 EXPORT_DIR = None  # None: <RUN_DIR>/checkpoints (checkpoints, the shipped set, needs --replace-shipped)
 OUT_DIR = None  # None: <RUN_DIR>/results, summarised in <RUN_DIR>/results.md (results/cpu: the committed rows)
-NUM_SAMPLES = 512
-NUM_STEPS = None  # sampler steps of every sample; None: the scale's for the sampler (recipes.CPU_STEPS, PAPER_STEPS)
+PRECISION = None  # of the showcase samples; None: the scale's (float32; at the cpu scale auto: bfloat16 where native)
+DENOISE_LAST_STEP = None  # of the showcase samples (sample scripts' --denoise-last-step); None: the scale's
+JOBS = None  # stages run in parallel, each with cpu_count // JOBS threads; None: the scale's, or one per GPU where
+# GPUS has more (with --launcher slurm: every stage that is ready)
+LAUNCHER = "local"  # local: the stages run as processes of this machine; slurm: each ready stage is submitted as a
+# Slurm job through submitit (run reproduce.py on the cluster's login node: docs/pipeline.md)
+GPUS = None  # the CUDA devices of this machine the stages run on, each running stage on one of its own, as torch
+# numbers them (0,2); None: every one torch sees (none on a CPU-only machine)
+SLURM_PARTITION = []  # --launcher slurm: the partition of every job (gpu), or of one kind of stage (evaluate=cpu);
+# kinds: base, classifier, sample, evaluate; none: the cluster's default
+SLURM_TIME = []  # --launcher slurm: the time limit in minutes of every job (600) or of a kind (base=2880); none:
+# sculpting/reproduction/slurm.JOB_SHAPES's (a day for training, hours for sampling)
+SLURM_GPUS = []  # --launcher slurm: GPUs per job, of every job (1) or of a kind (evaluate=1); none: one, the
+# evaluations none
+SLURM_OPTIONS = []  # --launcher slurm: more sbatch options of every job, as NAME=VALUE (account=myproject qos=normal)
+ONLY = None  # a regular expression: run only the stages whose name it matches (e.g. "sample" or "_g1$")
 DRY_RUN = False  # list the stages and their commands (skipped ones marked) without running any
 SUMMARY_ONLY = False  # only rewrite <OUT_DIR>.md from the evaluations that exist (and the tables of README and
 # docs/ named after OUT_DIR: results/cpu is README's)
-PRECISION = None  # of the showcase samples; None: the scale's (float32; at the cpu scale auto: bfloat16 where native)
-SAMPLER = None  # of every sampling stage (showcase rows, base models alone, classifier pools); None: the scale's
-# (cpu: heun-churn; paper: pc)
-DENOISE_LAST_STEP = None  # of the showcase samples (sample scripts' --denoise-last-step); None: the scale's
-SEED = 0  # of every training and sampling stage: another seed is an independent replicate of the whole run
-JOBS = None  # stages run in parallel, each with cpu_count // JOBS threads; None: the scale's
-ONLY = None  # a regular expression: run only the stages whose name it matches (e.g. "sample" or "_g1$")
 REPLACE_SHIPPED = False  # let the exports replace the checkpoints shipped in checkpoints/ (and their manifest lines)
 
 
+def launch_settings(config, run_dir):
+    """(launcher, GPUs of this machine to hand out) of --launcher and its settings, checked before any stage runs."""
+    if config["LAUNCHER"] == "slurm":
+        if config["GPUS"] is not None:
+            raise UserError("--gpus picks GPUs of this machine; a Slurm job gets its GPUs from Slurm: use --slurm-gpus")
+        shapes = job_shapes(config["SLURM_PARTITION"], config["SLURM_TIME"], config["SLURM_GPUS"])
+        return SlurmLauncher(run_dir / "slurm", shapes, sbatch_options(config["SLURM_OPTIONS"])), []
+    given = [name for name in config if name.startswith("SLURM_") and config[name]]
+    if given:
+        flag = flag_name(given[0])
+        raise UserError(f"{flag} sets Slurm jobs; add --launcher slurm, or leave {flag} out to run here")
+    return None, visible_gpus(config["GPUS"])
+
+
 def main(argv=None):
-    config = configure(globals(), argv)
+    config = configure(globals(), argv, choices={"LAUNCHER": ("local", "slurm")})
     scale, settings = config["SCALE"], SCALES[config["SCALE"]]
     # A replicate (another seed) gets a run dir of its own: in the seed-0 one its finished stages would be skipped.
     replicate = f"{scale}_seed{config['SEED']}" if config["SEED"] else scale
     run_dir = ensure_writable_dir(config["RUN_DIR"] or f"runs/{replicate}")
+    launcher, gpus = launch_settings(config, run_dir)
     # Every default lies in the gitignored run dir: checkpoints/ and results/cpu hold the committed set (and
     # results/cpu names README's table), replaced only when named.
     out_dir = ensure_writable_dir(config["OUT_DIR"] or run_dir / "results")
@@ -80,7 +118,8 @@ def main(argv=None):
                 config["PRECISION"] or settings["precision"], denoise, config["NUM_SAMPLES"], config["NUM_STEPS"],
                 config["REPLACE_SHIPPED"])
     stages = stage_graph(plan, lambda name: matches(config["ONLY"], name))
-    pipeline = Pipeline(stages, run_dir, config["DRY_RUN"], config["ONLY"], config["JOBS"] or settings["jobs"])
+    jobs = config["JOBS"] or (len(stages) if launcher is not None else max(settings["jobs"], len(gpus)))
+    pipeline = Pipeline(stages, run_dir, config["DRY_RUN"], config["ONLY"], jobs, launcher, gpus)
     if not config["DRY_RUN"] and not config["REPLACE_SHIPPED"]:  # refused before hours of training, not after
         refuse_shipped([path for stage in pipeline.to_run() for path in stage.outputs],
                        f"pass --export-dir {run_dir / 'checkpoints'} to export beside it")

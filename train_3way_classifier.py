@@ -16,8 +16,6 @@ from models.classifier_model import ThreeWayJointYClassifier
 GEN_IDX_1 = "MN1"
 GEN_IDX_2 = "MN2"
 GEN_IDX_3 = "MN3"
-GEN_CKPT_DIR = "checkpoints"
-GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
 STEPS = 700
 WARMUP_STEPS = 100  # terminal loss only for these first steps
 STEP_FRACTION = 0.1  # share of the steps with t <= 0.7 the non-terminal loss trains on per optimizer step
@@ -27,11 +25,6 @@ POOL_REUSE = 1  # optimizer steps served by one pool before it is resampled (ref
 TRAJECTORY_STEPS = 500  # sampler steps N (PC: grid times; heun*: noise levels)
 SNR = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
 SAMPLER = "pc"  # the trajectories' sampler (as the sample scripts' --sampler): "pc", "heun" or "heun-churn"
-SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level (as the sample scripts' --sigma-min)
-CHURN = 40.0  # heun-churn: the noise each step adds back (as the sample scripts' --churn)
-COMPILE = "off"  # sample trajectories with compiled score networks: on, off or auto (as the sample scripts')
-PRECISION = "float32"  # "bfloat16" or "auto": sample trajectories under autocast (as the sample scripts' --precision)
-DENOISE_LAST_STEP = False  # end each trajectory with a denoising step (as the sample scripts' --denoise-last-step)
 LR = 1.0
 LR_DECAY = 1.0  # StepLR gamma per optimizer step; 1 = constant (reference)
 TARGET_UPDATE_EVERY = 5  # copy the bootstrap target before every this many steps
@@ -39,13 +32,22 @@ TERMINAL_LOSS_SCALE = 1.0 / 3.0
 CLASSIFIER_CHANNELS = [64, 96]
 EMBED_DIM = 512
 T_EMBED_DIM = 128
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level (as the sample scripts' --sigma-min)
+CHURN = 40.0  # heun-churn: the noise each step adds back (as the sample scripts' --churn)
+COMPILE = "off"  # sample trajectories with compiled score networks: on, off or auto (as the sample scripts')
+PRECISION = "float32"  # "bfloat16" or "auto": sample trajectories under autocast (as the sample scripts' --precision)
+DENOISE_LAST_STEP = False  # end each trajectory with a denoising step (as the sample scripts' --denoise-last-step)
 TEST_EVERY = 50
 TEST_SAMPLES = 300  # test trajectories per model, sampled once at the start
 TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
 CKPT_EVERY = 50
 CKPT_DIR = RUN_DIR
 CLASSIFIER_NAME = THREE_WAY_CLASSIFIER  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
-SEED = 0
 DEVICE = "auto"
 THREADS = 0
 OVERWRITE = False

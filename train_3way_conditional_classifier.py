@@ -30,8 +30,6 @@ from sculpting.sde import VESDE
 GEN_IDX_1 = "MN1"
 GEN_IDX_2 = "MN2"
 GEN_IDX_3 = "MN3"
-GEN_CKPT_DIR = "checkpoints"
-GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
 CLASSIFIER_CKPT = reference_classifier_checkpoint(THREE_WAY_CLASSIFIER)  # the 3-way joint classifier: it guides
 # the compositions and gives the soft targets
 GUIDANCE = 10.0  # the joint classifier's scale in the compositions whose trajectories are trained on
@@ -42,23 +40,27 @@ POOL_REUSE = 1  # optimizer steps served by one pool before it is resampled (ref
 TRAJECTORY_STEPS = 500  # sampler steps N (PC: grid times; heun*: noise levels)
 SNR = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
 SAMPLER = "pc"  # the trajectories' sampler (as the sample scripts' --sampler): "pc", "heun" or "heun-churn"
-SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level (as the sample scripts' --sigma-min)
-CHURN = 40.0  # heun-churn: the noise each step adds back (as the sample scripts' --churn)
-COMPILE = "off"  # sample trajectories with compiled score networks: on, off or auto (as the sample scripts')
-PRECISION = "float32"  # "bfloat16" or "auto": sample trajectories under autocast (as the sample scripts' --precision)
-DENOISE_LAST_STEP = False  # end each trajectory with a denoising step (as the sample scripts' --denoise-last-step)
 LR = 0.1
 LR_DECAY = 1.0  # StepLR gamma per optimizer step; 1 = constant (reference)
 CLASSIFIER_CHANNELS = [64, 64]
 EMBED_DIM = 256
 T_EMBED_DIM = 128
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+GEN_CKPT_DIR = "checkpoints"
+GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level (as the sample scripts' --sigma-min)
+CHURN = 40.0  # heun-churn: the noise each step adds back (as the sample scripts' --churn)
+COMPILE = "off"  # sample trajectories with compiled score networks: on, off or auto (as the sample scripts')
+PRECISION = "float32"  # "bfloat16" or "auto": sample trajectories under autocast (as the sample scripts' --precision)
+DENOISE_LAST_STEP = False  # end each trajectory with a denoising step (as the sample scripts' --denoise-last-step)
 TEST_EVERY = 10
 TEST_SAMPLES = 300  # test trajectories per label pair, sampled once at the start
 TEST_STEP_STRIDE = 10  # the test scores every this many grid steps and the terminal state
 CKPT_EVERY = 20
 CKPT_DIR = RUN_DIR
 CLASSIFIER_NAME = CONDITIONAL_CLASSIFIER  # checkpoints are {CLASSIFIER_NAME}_ckpt_{step}.pth
-SEED = 0
 DEVICE = "auto"
 THREADS = 0
 OVERWRITE = False

@@ -33,6 +33,7 @@ from sculpting.sde import VESDE
 from sculpting.training import (make_scheduler, plot_losses, prepare_run, restore_run, run_epochs, save_training_state,
                       save_weights, saves_checkpoint)
 
+PRESET = None
 GEN_IDX = "MN1"
 EPOCHS = 200
 BATCH_SIZE = 32
@@ -43,19 +44,20 @@ CHANNELS = [64, 128, 256, 256]
 EMBED_DIM = 256
 ENERGY = False  # energy-parameterised model (score = -grad_x E, for Metropolis-corrected MCMC); its checkpoints are
 # gen_<GEN_IDX>_energy_ckpt_<epoch>.pth and do not load as a plain ScoreNet
-SAVE_EVERY = 5
 TRAIN_SUBSET = 0  # train on this many randomly chosen images; 0 = the whole dataset
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+SAVE_EVERY = 5
 COMPILE = "off"  # "on": torch.compile the network in place (state_dict keys unchanged)
 PRECISION = "float32"  # or "bfloat16": forward passes under autocast, weights and optimizer in float32; "auto":
 # bfloat16 only where the device computes it natively
 CKPT_DIR = RUN_DIR  # folder this run's checkpoints, training state and loss plot are written to
 DATA_ROOT = "data"
-SEED = 0
 DEVICE = "auto"
 THREADS = 0
 RESUME = False
 OVERWRITE = False  # remove this run's earlier files in CKPT_DIR (checkpoints, training state, loss plot), then train
-PRESET = None
 
 # The settings a resume must share with the run it continues.
 CONFIG_KEYS = ["GEN_IDX", "EPOCHS", "BATCH_SIZE", "LR", "LR_END", "LR_SCHEDULE", "CHANNELS", "EMBED_DIM",

@@ -28,6 +28,7 @@ from sculpting.sde import VESDE
 from sculpting.training import (make_scheduler, plot_losses, prepare_run, restore_run, run_epochs, save_training_state,
                       save_weights, saves_checkpoint)
 
+PRESET = None
 GEN_IDX = ["MN2"]  # one dataset, or several: the model learns their union, each dataset drawn equally often
 LABEL = "cell"  # what the head predicts: digit, colour, cell (digit and colour), or dataset (which of GEN_IDX)
 MODEL = "joint"  # joint: the ScoreNet with a head (Deja et al.); classifier: a separate time-dependent classifier
@@ -43,19 +44,20 @@ LR_SCHEDULE = "exponential"
 CHANNELS = [64, 128, 256, 256]
 EMBED_DIM = 256
 CLASSIFIER_CHANNELS = [32, 64]  # --model classifier: its trunk's convolution widths (the reference classifiers')
-SAVE_EVERY = 5
 TRAIN_SUBSET = 0  # train on this many randomly chosen images; 0 = the whole union
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
+SAVE_EVERY = 5
 PRECISION = "float32"  # "bfloat16": autocast; "auto": bfloat16 only where the device computes it natively
 CKPT_DIR = RUN_DIR  # folder this run's checkpoints, training state and loss plot are written to
 EXPORT_DIR = None  # a folder: the final checkpoint is also written there in half precision (a finished run exports
 # with --resume --export-dir DIR)
 DATA_ROOT = "data"
-SEED = 0
 DEVICE = "auto"
 THREADS = 0
 RESUME = False
 OVERWRITE = False  # remove this run's earlier files in CKPT_DIR (checkpoints, training state, loss plot), then train
-PRESET = None
 
 # The settings a resume must share with the run it continues.
 CONFIG_KEYS = ["GEN_IDX", "LABEL", "MODEL", "CLASSIFIER_LOSS_SCALING", "TRAIN_NOISED_CLASSIFIER",

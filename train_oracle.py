@@ -37,10 +37,12 @@ MAX_SCALE_CHANGE = 0.15  # augmentation: the largest relative change of size
 MAX_NOISE_STD = 0.15  # augmentation: the largest std of the added pixel noise
 TEST_NOISE_STD = 0.1  # the noisy test report adds this much Gaussian noise to every channel
 CONFIDENCE_THRESHOLD = CONFIDENCE
+SEED = 0
+
+# ---- engineering settings: how and where it runs, not what it samples ----
 CKPT_DIR = RUN_DIR  # training writes <CKPT_DIR>/oracle.pth (the shipped checkpoints/oracle.pth is never written)
 ORACLE = ORACLE_CHECKPOINT  # the oracle --evaluate-only reports on
 DATA_ROOT = "data"
-SEED = 0
 DEVICE = "auto"
 THREADS = 0
 EVALUATE_ONLY = False  # only report the test accuracy of the saved ORACLE

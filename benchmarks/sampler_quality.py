@@ -7,7 +7,7 @@ reproduce.py wrote; 500 or 1,000 score evaluations per sample). A setting meets 
 support precision lies inside or above the baseline's 95% interval (guided rows, λ > 1), or its TV to the
 exact target inside or below it (the λ = 1 rows, whose target is the exact composition). Prints the
 table, names the cheapest setting that meets each row, and writes a JSON file, a Markdown table and a PNG
-plot to OUT_DIR (the default one also rewrites README's copy of the table). Finished cells are kept: a rerun
+plot to OUT_DIR (the default one also rewrites the copy of the table in docs/performance.md). Finished cells are kept: a rerun
 only samples what is missing.
 
     python benchmarks/sampler_quality.py                        # every row, every setting (about an hour, 2 cores)
@@ -238,8 +238,8 @@ def main(argv=None):
     print(text)
     (out / "sampler_quality.md").write_text(text + "\n")
     plot(cells, out / "sampler_quality.png")
-    if out.resolve() == (ROOT / OUT_DIR).resolve():  # the committed results: README's copy of the table too
-        update_markers(ROOT / "README.md", "sampler_quality", summary(cells))
+    if out.resolve() == (ROOT / OUT_DIR).resolve():  # the committed results: the docs' copy of the table too
+        update_markers(ROOT / "docs" / "performance.md", "sampler_quality", summary(cells))
     print(f"wrote {results}, {out / 'sampler_quality.md'} and {out / 'sampler_quality.png'}")
 
 

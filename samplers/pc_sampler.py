@@ -9,7 +9,7 @@ predictor step by the denoising step x + std(t)^2 s(x, t) (Tweedie's estimate
 of x_0). At t = eps the grid spacing dt is 4x (250 steps) or 2x (500 steps)
 the marginal variance, so the Euler drift g^2 dt s is that many times the
 denoising correction: with an exact score the remaining noise comes back
-flipped, tripled at 250 steps, as speckle in the background (README, "The last step").
+flipped, tripled at 250 steps, as speckle in the background (docs/results.md, "The denoised last step").
 """
 import math
 

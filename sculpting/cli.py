@@ -10,6 +10,7 @@ import argparse
 import ast
 import io
 import math
+import os
 import re
 import subprocess
 import sys
@@ -323,6 +324,10 @@ def run_main(main, keep_freed_memory=True):
     except UserError as error:
         print(f"{sys.argv[0]}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader stopped early (| head): what is left to print is unwanted, and flushing it at exit would fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def run_script(argv):

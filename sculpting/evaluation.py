@@ -141,7 +141,7 @@ def load_samples(path) -> torch.Tensor:
 
 
 def read_meta(samples_path, models, observations):
-    """The .json beside the samples, with models/observations from the flags where given."""
+    """The .json beside the samples, with the models and observations from the flags where given."""
     meta_path = Path(samples_path).with_suffix(".json")
     meta = {}
     if meta_path.is_file():

@@ -1,4 +1,5 @@
 """Where and how reproducibly a script runs: the device it computes on, its threads, the seeds of every generator."""
+import os
 import random
 
 import numpy as np
@@ -28,6 +29,27 @@ def get_device(requested: str = "auto") -> torch.device:
     if device.type == "mps" and not mps_available():
         raise UserError(f"--device {requested}: MPS is not available here; use --device auto or cpu")
     return device
+
+
+def visible_gpus(requested: str = None) -> list:
+    """The GPUs of this machine a launcher may hand out, as CUDA_VISIBLE_DEVICES names them to a child process:
+    `requested` ("0,2": device indices as torch numbers them here) or, None, every one torch sees."""
+    count = torch.cuda.device_count()
+    if requested is None:
+        indices = list(range(count))
+    else:
+        if count == 0:
+            raise UserError(f"--gpus {requested}: this machine has no CUDA device; leave --gpus out to run on the CPU")
+        try:
+            indices = [int(index) for index in requested.split(",")]
+        except ValueError:
+            indices = []
+        if not indices or len(set(indices)) < len(indices) or not all(0 <= index < count for index in indices):
+            raise UserError(f"--gpus {requested}: give distinct device indices separated by commas, each from 0 to "
+                            f"{count - 1} (this machine has {count} CUDA device(s))")
+    # Under a CUDA_VISIBLE_DEVICES of its own, torch's index k is that list's k-th entry: the child needs the entry.
+    inherited = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return [inherited[index] if len(inherited) >= count else str(index) for index in indices]
 
 
 def seed_everything(seed: int) -> None:

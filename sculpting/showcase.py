@@ -30,12 +30,19 @@ def sample_command(script, models, observations, scales, export_dir, out_dir, nu
     for k, (model, y) in enumerate(zip(models, observations), start=1):
         command += [f"--gen-idx-{k}", model, f"--y-{k}", str(y)]
     command += ["--guidance", f"{scales[0]:g}"]
+    joint, conditional = classifier_checkpoints(models, export_dir)
     if script == "sample_3way_composition.py":
-        command += ["--guidance-3", f"{scales[1]:g}",
-                    "--classifier-ckpt", reference_classifier_checkpoint(THREE_WAY_CLASSIFIER, export_dir),
-                    "--conditional-classifier-ckpt",
-                    reference_classifier_checkpoint(CONDITIONAL_CLASSIFIER, export_dir)]
+        command += ["--guidance-3", f"{scales[1]:g}", "--classifier-ckpt", joint,
+                    "--conditional-classifier-ckpt", conditional]
     else:
-        name = SUBDIGITS_CLASSIFIER if models == ["1", "2"] else JOINT_CLASSIFIER
-        command += ["--classifier-ckpt", reference_classifier_checkpoint(name, export_dir)]
+        command += ["--classifier-ckpt", joint]
     return command
+
+
+def classifier_checkpoints(models, export_dir):
+    """(joint classifier, conditional classifier or None) of a row's base models, under the reference's names."""
+    if len(models) == 3:
+        return (reference_classifier_checkpoint(THREE_WAY_CLASSIFIER, export_dir),
+                reference_classifier_checkpoint(CONDITIONAL_CLASSIFIER, export_dir))
+    name = SUBDIGITS_CLASSIFIER if list(models) == ["1", "2"] else JOINT_CLASSIFIER
+    return reference_classifier_checkpoint(name, export_dir), None

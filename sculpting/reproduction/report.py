@@ -42,8 +42,10 @@ def results_table(out_dir: Path, seed: int = 0) -> list:
 
 
 def times_table(timings: dict) -> list:
-    """The stages that took at least a second (exports are quicker), or [] if none did."""
-    timed = [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items() if seconds >= 1]
+    """The stages that took at least a second (exports are quicker), or [] if none did; timings.json's other
+    entries (where each stage ran) are no times."""
+    timed = [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()
+             if isinstance(seconds, (int, float)) and seconds >= 1]
     return ["| stage | wall time (s) |", "|---|---|", *timed] if timed else []
 
 

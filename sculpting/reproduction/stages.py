@@ -70,8 +70,8 @@ def stage_graph(plan: Plan, selects) -> list:
     seed = ["--seed", str(plan.seed)]
     stages = []
 
-    def stage(name, outputs, command=None, action=None, after=(), inputs=()):
-        stages.append(Stage(name, [Path(p) for p in outputs], command, action, tuple(after), tuple(inputs)))
+    def stage(name, outputs, command=None, action=None, after=(), inputs=(), kind=None):
+        stages.append(Stage(name, [Path(p) for p in outputs], command, action, tuple(after), tuple(inputs), kind))
         return name
 
     def pool_flags(pools):
@@ -84,7 +84,7 @@ def stage_graph(plan: Plan, selects) -> list:
         resume = ["--resume"] if (run_dir / train_state(g)).exists() else ["--overwrite"]
         trained = stage(f"base {g}", [final], ["train_diffusion.py", "--gen-idx", g, "--ckpt-dir", str(run_dir),
                                                "--preset", preset, *seed, *resume,
-                                               *(["--epochs", str(epochs)] if epochs else [])])
+                                               *(["--epochs", str(epochs)] if epochs else [])], kind="base")
         return stage(f"export {g}", [exported], after=[trained], inputs=[final],
                      action=lambda: export_checkpoint(final, exported, settings["half_precision"],
                                                       plan.replace_shipped))
@@ -95,7 +95,7 @@ def stage_graph(plan: Plan, selects) -> list:
         trained = run_dir / classifier_checkpoint(classifier_name, steps)
         exported = Path(reference_classifier_checkpoint(classifier_name, export_dir))
         stage(name, [trained], [*command, "--steps", str(steps), "--gen-ckpt-dir", str(export_dir),
-                                "--ckpt-dir", str(run_dir), *seed, "--overwrite"], after=after)
+                                "--ckpt-dir", str(run_dir), *seed, "--overwrite"], after=after, kind="classifier")
         return stage(f"export {name}", [exported], after=[name], inputs=[trained],
                      action=lambda: export_checkpoint(trained, exported, settings["half_precision"],
                                                       plan.replace_shipped))
@@ -132,9 +132,9 @@ def stage_graph(plan: Plan, selects) -> list:
         sampled = stage(f"sample individual {g}", [individual], [
             "sample_individual_model.py", "--gen-idx", g, "--gen-ckpt-dir", str(export_dir), "--out-dir",
             str(out_dir), "--num-samples", str(settings["individual_samples"]), *sample_flags,
-            "--num-steps", str(plan.num_steps or steps_of["individual"])], after=[exports[g]])
+            "--num-steps", str(plan.num_steps or steps_of["individual"])], after=[exports[g]], kind="sample")
         base_evaluations[g] = stage(f"evaluate individual {g}", [out_dir / evaluation_report(alone)],
-                                    ["evaluate_composition.py", str(individual)], after=[sampled])
+                                    ["evaluate_composition.py", str(individual)], after=[sampled], kind="evaluate")
     # The 3-way rows, the longest, first: in a parallel run the last stages then end close together.
     for script, models, observations, scales in sorted(SHOWCASE, key=lambda row: len(row[1]) < 3):
         stem = composition_stem(models, observations, scales, plan.seed)
@@ -143,11 +143,11 @@ def stage_graph(plan: Plan, selects) -> list:
         sampled = stage(f"sample {stem}", [out_dir / f"{stem}.pt"],
                         sample_command(script, models, observations, scales, export_dir, out_dir, plan.num_samples,
                                        [*sample_flags, "--num-steps", str(steps)]),
-                        after=[*(exports[g] for g in models), *classifiers])
+                        after=[*(exports[g] for g in models), *classifiers], kind="sample")
         individual_evaluations = [out_dir / evaluation_report(individual_stem(g, plan.seed)) for g in models]
         plug_in = all(selects(base_evaluations[g]) or path.exists() for g, path in zip(models, individual_evaluations))
         stage(f"evaluate {stem}", [out_dir / evaluation_report(stem)],
               ["evaluate_composition.py", str(out_dir / f"{stem}.pt"),
                *(["--base-evaluations", *map(str, individual_evaluations)] if plug_in else [])],
-              after=[sampled, *(base_evaluations[g] for g in models)])
+              after=[sampled, *(base_evaluations[g] for g in models)], kind="evaluate")
     return stages

@@ -1,4 +1,4 @@
-"""README's every command runs as written on a fresh clone (issue 27).
+"""README's every command runs as written on a fresh clone.
 
 Every line of README's ```bash blocks that runs `python <script>.py ...` runs here, in README order (later commands
 read what earlier ones wrote: a checkpoint of runs/, samples in outputs/), in a copy of the repository's files with
@@ -10,7 +10,7 @@ is committed. A new README command is picked up as it is; a new script needs its
 
 A command runs as `python <script>.py <args>` would (its file run as __main__, sys.argv and sys.path[0] as python
 sets them, the clone as the working directory), in a process forked from one that imported torch and the other
-heavy libraries once: started afresh, each command would spend about 4 s of a shared 2-core machine importing them.
+heavy libraries once: started afresh, each command would spend most of its time importing them.
 """
 import hashlib
 import multiprocessing
@@ -63,20 +63,21 @@ TINY_FLAGS = {
     # shipped file without --replace-shipped.
     "reproduce.py": ["--dry-run"],
     # Both measure for an hour at the committed sizes and, at any other size, would replace the committed results
-    # (and README's table): --plot-only redraws those from the saved rows.
+    # (and their tables in docs/operators.md and docs/performance.md): --plot-only redraws those from the saved rows.
     "compare_operators.py": ["--plot-only"],
     "benchmarks/sampler_quality.py": ["--plot-only"],
+    "example.py": [],  # no flags: the demo as README runs it
 }
 
 # README's scripts that have no tiny setting, and why none is run here.
-NO_TINY_SETTING = {
-    "evaluate_joint_diffusion.py": "its cheaper part (--parts accuracy) alone takes 36 s on one thread at the "
-                                   "committed sizes; at any other size either part would replace README's committed "
-                                   "tables; it has no --plot-only",
-}
+# (evaluate_joint_diffusion.py would be one: at any size but the committed ones it replaces docs/joint_diffusion.md's
+# tables, and it has no --plot-only; README names it but does not run it.)
+NO_TINY_SETTING = {}
 
 # The other lines of README's bash blocks, by how they start, and why none runs here.
 NOT_RUN = {
+    "make ": "makes the environment this suite already runs in, then runs example.py (run here as its own line) or "
+             "this suite",
     "python3 -m venv": "creates the environment this suite already runs in",
     "bash setup.sh": "installs packages (from the network) into the active environment",
     "pip ": "installs packages",
@@ -156,8 +157,8 @@ def test_readme_commands_run_as_written_on_a_fresh_clone(fresh_clone, tmp_path, 
     assert not missing, f"README runs {missing}: give each its tiny flags in TINY_FLAGS"
     committed = repository_files()
     before = content_hashes(fresh_clone, committed)
-    # One thread per command: the suite shares its machine (README, Performance). The fork server starts with
-    # this environment.
+    # One thread per command: the suite shares its machine (docs/performance.md, "At a glance"). The fork server
+    # starts with this environment.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     forks = multiprocessing.get_context("forkserver")
     forks.set_forkserver_preload(PRELOADED)

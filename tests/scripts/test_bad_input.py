@@ -37,7 +37,7 @@ JUDGE = ["--out-dir", "{tmp}/out"]  # evaluate_classifier
 OPERATORS = ["--device", "cpu", "--out-dir", "{tmp}/out", "--num-samples", "2", "--only", "M1_M2/fkc-smc"]
 JOINT = ["--joint-ckpt", "{tmp}/joint_MN2_cell.pth"]  # a tiny joint model of MN2's cells (sample_joint_diffusion)
 JOINT_TABLES = ["--device", "cpu", "--out-dir", "{tmp}/out", "--num-samples", "2", "--batch-size", "2",
-                "--no-update-readme"]  # evaluate_joint_diffusion: never README, whatever the row
+                "--no-update-docs"]  # evaluate_joint_diffusion: never the docs, whatever the row
 SHIPPED = "is shipped with the repository (listed in checkpoints/MANIFEST.sha256) and is never replaced or removed"
 
 CASES = [

@@ -1,4 +1,4 @@
-"""Joint diffusion (issue 26): the joint loss, the score part as a plain ScoreNet, guidance, a short training run."""
+"""Joint diffusion: the joint loss, the score part as a plain ScoreNet, guidance, a short training run."""
 import json
 
 import pytest
@@ -177,7 +177,7 @@ def test_evaluation_tables(tiny_checkpoints, tmp_path):
         "--joint-cell-ckpt", str(tiny_checkpoints["cell"]), "--cell-classifier-ckpt", str(tiny_checkpoints["classifier"]),
         "--joint-dataset-ckpt", str(tiny_checkpoints["dataset"]), "--num-samples", "2", "--batch-size", "2",
         "--num-steps", "2", "--input-scales", "1", "--bottleneck-lrs", "2", "--noise-levels", "0", "1", "--out-dir", str(tmp_path),
-        "--no-update-readme", "--device", "cpu"])
+        "--no-update-docs", "--device", "cpu"])
     results = json.loads((tmp_path / "joint_diffusion.json").read_text())
     kinds = [row["kind"] for row in results["accuracy"]["rows"]]
     assert kinds[:3] == ["joint head", "separate classifier", "joint head"] and "sculpting" in kinds[3]

@@ -13,7 +13,7 @@ from sculpting.checkpoints import is_shipped, load_classifier, load_score_model,
 from sculpting.errors import UserError
 from models.score_model import ScoreNet
 from sculpting.reproduction.report import write_summary
-from sculpting.reproduction.runner import WALL_TIME_KEY, Pipeline, Stage, last_progress
+from sculpting.reproduction.runner import WALL_TIME_KEY, Launcher, Pipeline, Stage, last_progress
 from sculpting.reproduction.stages import export_checkpoint, final_epoch
 from sculpting.sde import VESDE
 from sculpting.showcase import SHOWCASE
@@ -165,21 +165,26 @@ def test_the_committed_set_is_rebuilt_only_when_named(shipped_folder, tmp_path, 
     assert "[skip] export MN1: done (checkpoints/gen_MN1_ckpt_195.pth)" in lines
 
 
-class FakeLauncher:
+class FakeLauncher(Launcher):
     """Launches stages without processes: stage k finishes after ticks[name] polls, writing its outputs, and
-    records the events ("start"/"end", name) in order; a stage fails where exits[name] says."""
+    records the events ("start"/"end", name) in order, and the GPU each got; a stage fails where exits[name] says."""
 
     def __init__(self, stages, ticks=None, exits=None):
         self.outputs = {stage.command[0]: stage.outputs for stage in stages if stage.command}
-        self.ticks, self.exits, self.events = ticks or {}, exits or {}, []
+        self.ticks, self.exits, self.events, self.gpus = ticks or {}, exits or {}, [], {}
 
-    def __call__(self, command, log, threads):
-        name = command[0]
+    def start(self, stage, log, threads, gpu):
+        name = stage.command[0]
         self.events.append(("start", name))
+        self.gpus[name] = gpu
         launcher = self
 
         class Process:
-            polls, returncode = 0, None
+            polls, returncode, state, log = 0, None, None, None
+            where = None if gpu is None else f"CUDA_VISIBLE_DEVICES={gpu}"
+
+            def failure(self):
+                return f"exit {self.returncode}"
 
             def poll(self):
                 self.polls += 1
@@ -199,9 +204,9 @@ class FakeLauncher:
         return position[("start", a)] < position[("end", b)] and position[("start", b)] < position[("end", a)]
 
 
-def pipeline_of(tmp_path, stages, jobs=2, **fake):
+def pipeline_of(tmp_path, stages, jobs=2, gpus=(), **fake):
     launcher = FakeLauncher(stages, **fake)
-    return Pipeline(stages, tmp_path, jobs=jobs, launch=launcher, poll_every=0), launcher
+    return Pipeline(stages, tmp_path, jobs=jobs, launcher=launcher, gpus=gpus, poll_every=0), launcher
 
 
 def three_stages(tmp_path):

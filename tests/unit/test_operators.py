@@ -1,4 +1,4 @@
-"""The related systems' operators and samplers on analytic targets (issue 25): Composable Diffusion's score sums,
+"""The related systems' operators and samplers on analytic targets: Composable Diffusion's score sums,
 RRR's annealed MCMC, Feynman-Kac SMC and SuperDiff, against closed-form Gaussian products, mixtures and densities.
 
     python -m pytest -q tests/unit/test_operators.py
