@@ -7,7 +7,6 @@ images), and one evaluation of the shipped ScoreNet; each the fastest of REPEATS
     python benchmarks/exact_cost.py
 """
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -15,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from models.compositions import compose  # noqa: E402
+from models.fast_paths import measure_seconds  # noqa: E402
 from sculpting.artefacts import REFERENCE_EPOCH, base_model_path  # noqa: E402
 from sculpting.checkpoints import load_score_model  # noqa: E402
 from sculpting.cli import configure, run_main  # noqa: E402
@@ -32,13 +32,9 @@ THREADS = 0
 
 
 def fastest(call, repeats):
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    """The fastest of `repeats` timed calls, after one warm-up call."""
+    call()
+    return measure_seconds(call, repeats)
 
 
 def main(argv=None):
