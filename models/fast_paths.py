@@ -198,8 +198,8 @@ class FastScore(nn.Module):
         self.input_channels = reference.input_channels
 
     def forward(self, x, t):
-        if not self.decision.made:
-            self.decision.make(self.fast, self.reference, x, t)
+        if not self.decision.made:  # the decision's checked call already computed this score
+            return self.decision.make(self.fast, self.reference, x, t)
         return (self.fast if self.decision.use_fast else self.reference)(x, t)
 
     def report(self) -> dict:
@@ -223,14 +223,16 @@ class FastPathDecision:
         self.record = {"compile": compile, "precision": precision}
 
     def make(self, fast, reference, x, t):
+        """Decide, and return the score of (x, t) on the path kept."""
         expected = reference(x, t)
         # auto times eager first, so that a kept compiled path needs no switch back (a recompile)
         candidates = {"on": [True], "off": [False], "auto": [False, True]}[self.compile]
-        per_call, first_call, rejected = {}, {}, {}
+        per_call, first_call, scores, rejected = {}, {}, {}, {}
         for compiled in candidates:
             self.use_compiled(compiled)
             try:
                 score, first_call[compiled] = timed(lambda: fast(x, t))  # a first compiled call compiles
+                scores[compiled] = score
                 problem = disagreement(score, expected, FAST_PATH_TOLERANCE[self.precision])
             except Exception as error:  # e.g. compiled code that does not build here: not a path to take
                 problem = f"raised {type(error).__name__}: {first_line(error)}"
@@ -252,6 +254,7 @@ class FastPathDecision:
             print(f"warning: the fast path disagrees with eager float32 ({problems}); sampling with eager float32 "
                   f"(or pass --compile off / --precision float32)", file=sys.stderr)
         self.record["ran"] = path_name(self.compiled, self.precision) if self.use_fast else "eager float32"
+        return scores[self.compiled] if self.use_fast else expected
 
     def faster(self, per_call, first_call, batch, device) -> bool:
         """--compile auto: whether compiled is faster, from the measured seconds per evaluation both ways and, when
@@ -328,10 +331,9 @@ def capability(device) -> str:
 
 def set_compiled(networks, compiled: bool) -> None:
     """Switch `networks` between compiled (compiling each once, in place) and eager; state_dict keys stay."""
-    use_cache_of_this_kernel_set()
     for network in {id(network): network for network in networks}.values():
         if compiled and getattr(network, "_compiled_impl", None) is None:
-            network.compile(dynamic=False)
+            compile_in_place([network])
             network._compiled_impl = network._compiled_call_impl
         network._compiled_call_impl = network._compiled_impl if compiled else None
 
