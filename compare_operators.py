@@ -15,8 +15,15 @@ oracle against the operator's exact target (sculpting/targets.py) or, where it h
     python compare_operators.py --only "M1_M2/.*"    # the rows whose suite/method the expression matches
     python compare_operators.py --plot-only          # redraw the table and chart from the saved rows
 
-A row's samples and scores are kept (<suite>_<method>.pt/.json); a rerun reuses every row whose settings are
-unchanged, so an interrupted run resumes where it stopped.
+Each row runs on the trained base models and, as a second column, on exact ones (INGREDIENTS; models/exact.py:
+each base model as its finite training set, with exact scores, energies and log-densities; sculpting then also
+with the exact classifiers). On exact bases what is left is the operator's own bias (and its sampler's): the two
+columns tell it from the trained models' error.
+
+    python compare_operators.py --ingredients exact       # only the exact column
+
+A row's samples and scores are kept (<suite>_<method>.pt/.json, ..._exact for the exact column); a rerun reuses
+every row whose settings are unchanged, so an interrupted run resumes where it stopped.
 """
 import json
 import re
@@ -34,6 +41,7 @@ from sculpting.cli import configure, run_main
 from custom_datasets import cell_name, dataset_spec
 from sculpting.errors import UserError
 from sculpting.evaluation import composition_metrics, percent, sample_cells
+from sculpting.exact import exact_ingredients
 from sculpting.images import save_image_grid
 from models.classifier_model import JointYClassifier, ThreeWayConditionalYClassifier, ThreeWayJointYClassifier
 from models.compositions import compose
@@ -62,6 +70,10 @@ HMC = MCMCKernel("hmc", steps_per_level=1, step_size=0.05, leapfrog_steps=3)
 MCMC_LEVELS = {"ula": 34, "mala": 34, "uhmc": 26, "hmc": 26}
 GUIDANCE = 20.0  # sculpting's two-model rows, as in README's Results
 GUIDANCE_3WAY = [10.0, 75.0]  # sculpting-123: the joint and the conditional classifier's guidance scales
+INGREDIENTS = ["learned", "exact"]  # the base models of the two columns: trained checkpoints, or exact
+EXACT_NUM_SAMPLES = 128  # per row of the exact column: an exact score sums over every training image
+# On exact bases the energy-parameterised rows are their score rows (an exact model has both): not run twice.
+EXACT_TWINS = {"composable-and-energy", "rrr-ula-energy"}
 
 # ---- engineering settings: how and where it runs, not what it samples ----
 GEN_CKPT_DIR = "checkpoints"
@@ -149,7 +161,13 @@ def settings_of(how, config) -> dict:
     return {"sampler": f"superdiff-{how['superdiff']}", "num_steps": config["EM_STEPS"]}
 
 
-def load_bases(config, models, energy, sde, device):
+def load_bases(config, models, energy, sde, device, exact_cache):
+    """The rows' base models: trained (energy-parameterised where `energy`), or, for the exact column (exact_cache
+    a dict), exact ones, built once per suite."""
+    if exact_cache is not None:
+        if tuple(models) not in exact_cache:
+            exact_cache[tuple(models)] = exact_ingredients(models, device=device)
+        return exact_cache[tuple(models)][0]
     if energy:
         return [load_energy_model(base_model_path(config["ENERGY_CKPT_DIR"], energy_model_name(name),
                                                   config["ENERGY_CKPT_EPOCH"]), sde, device,
@@ -170,19 +188,20 @@ def check_sculpting_provenance(models, config):
                                         config["FORCE"])
 
 
-def sculpting(bases, observations, device, config):
-    """The composition of README's rows; no observation: the mixture, guidance 0 (the classifier's posterior mix)."""
-    classifiers = [load_classifier(path, cls, device, made_by)
-                   for path, cls, made_by in sculpting_classifiers(len(bases))]
+def sculpting(bases, observations, device, config, exact_classifiers=None):
+    """The composition of README's rows; no observation: the mixture, guidance 0 (the classifier's posterior mix).
+    The trained classifiers, or `exact_classifiers` (joint, conditional) for the exact column."""
+    classifiers = list(exact_classifiers[:len(bases) - 1]) if exact_classifiers else \
+        [load_classifier(path, cls, device, made_by) for path, cls, made_by in sculpting_classifiers(len(bases))]
     y_1, y_2 = observations[:2] if observations else (1, 1)
     scales = config["GUIDANCE_3WAY"] if len(observations) == 3 else [config["GUIDANCE"] if observations else 0.0]
     return compose(bases, classifiers, [y_1, y_2, *observations[2:]], scales)
 
 
-def sampler_of(how, bases, sde, device, config):
+def sampler_of(how, bases, sde, device, config, exact_classifiers=None):
     """batch (size, generator) -> (samples, composed-score evaluations per sample, extra stats)."""
     if "sculpt" in how or "sum" in how:
-        model = sculpting(bases, how["sculpt"], device, config) if "sculpt" in how else \
+        model = sculpting(bases, how["sculpt"], device, config, exact_classifiers) if "sculpt" in how else \
             product_of_experts(bases) if how["sum"] == "and" else negation(bases[0], bases[1], how["weight"])
         return lambda size, generator: (HEUN.sample(model, sde, size, device=device, generator=generator,
                                                     progress=False), HEUN.evaluations_per_sample, {})
@@ -210,23 +229,31 @@ def sampler_of(how, bases, sde, device, config):
     return superdiff
 
 
-def run_row(config, suite, method, operator, how, oracle, device, out_dir):
-    """Sample and score one row, or reuse its saved result when its settings are unchanged."""
+def row_stem(suite, method, ingredients):
+    return f"{suite}_{method}" + ("_exact" if ingredients == "exact" else "")
+
+
+def run_row(config, suite, method, operator, how, oracle, device, out_dir, ingredients="learned", exact_cache=None):
+    """Sample and score one row on `ingredients` ("learned" or "exact" base models; exact_cache: the exact
+    ingredients built so far), or reuse its saved result when its settings are unchanged."""
     models = SUITES[suite][0]
-    stem = f"{suite}_{method}"
-    settings = {"models": models, "operator": operator, "num_samples": config["NUM_SAMPLES"],
-                "batch_size": config["BATCH_SIZE"], "seed": config["SEED"], **settings_of(how, config)}
+    stem = row_stem(suite, method, ingredients)
+    exact = ingredients == "exact"
+    num_samples = config["EXACT_NUM_SAMPLES"] if exact else config["NUM_SAMPLES"]
+    settings = {"models": models, "operator": operator, "num_samples": num_samples,
+                "batch_size": config["BATCH_SIZE"], "seed": config["SEED"], **settings_of(how, config),
+                **({"ingredients": "exact"} if exact else {})}
     saved = out_dir / f"{stem}.json"
     if saved.is_file() and json.loads(saved.read_text())["settings"] == settings:
         return json.loads(saved.read_text())
     sde = VESDE()
-    bases = load_bases(config, models, how.get("energy"), sde, device)
-    draw = sampler_of(how, bases, sde, device, config)
-    mismatch = check_sculpting_provenance(models, config) if "sculpt" in how else None
+    bases = load_bases(config, models, how.get("energy"), sde, device, exact_cache if exact else None)
+    draw = sampler_of(how, bases, sde, device, config, exact_cache[tuple(models)][1:] if exact else None)
+    mismatch = check_sculpting_provenance(models, config) if "sculpt" in how and not exact else None
     generator = torch.Generator(device=device).manual_seed(config["SEED"])
     batches, extra, started = [], [], time.perf_counter()
-    for start in tqdm(range(0, config["NUM_SAMPLES"], config["BATCH_SIZE"]), desc=stem, leave=False):
-        x, evaluations, stats = draw(min(config["BATCH_SIZE"], config["NUM_SAMPLES"] - start), generator)
+    for start in tqdm(range(0, num_samples, config["BATCH_SIZE"]), desc=stem, leave=False):
+        x, evaluations, stats = draw(min(config["BATCH_SIZE"], num_samples - start), generator)
         batches.append(x.clamp(0.0, 1.0).cpu())
         extra.append(stats)
     seconds = time.perf_counter() - started
@@ -248,11 +275,28 @@ def run_row(config, suite, method, operator, how, oracle, device, out_dir):
     return row
 
 
-def table(rows, link_prefix=""):
-    """The rows as a Markdown table; grids linked under `link_prefix`."""
+def exact_column(row) -> str:
+    """A row of the exact column as one table cell: support precision and TV, each with its 95% CI, and n."""
+    if row is None:
+        return "–"
+    return (f"{percent(row['support_precision'], row['support_precision_ci'])}; TV {row['tv_distance']:.3f} "
+            f"({row['tv_distance_ci'][0]:.3f}–{row['tv_distance_ci'][1]:.3f}); n = {row['settings']['num_samples']}")
+
+
+def table(rows, exact_rows=(), link_prefix=""):
+    """The rows as a Markdown table, with their exact-bases twins (`exact_rows`, matched by suite and method) as a
+    column; grids linked under `link_prefix`. A row that exists only on exact bases gets a line of its own."""
+    exact_of = {(row["suite"], row["method"]): row for row in exact_rows}
+    learned = {(row["suite"], row["method"]) for row in rows}
+    rows = [*rows, *(row for row in exact_rows if (row["suite"], row["method"]) not in learned)]
     lines = ["| models | method | target | support precision (95% CI) | TV to target (95% CI) | unrecognisable "
-             "| score evaluations / sample | seconds / sample | grid |", "|---|---|---|---|---|---|---|---|---|"]
+             "| score evaluations / sample | seconds / sample | exact bases: support precision; TV | grid |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        if row["settings"].get("ingredients") == "exact":  # no learned twin: only its exact column
+            lines.append(f"| {'/'.join(row['settings']['models'])} | {row['method']} | {row['target_kind']} "
+                         f"| – | – | – | – | – | {exact_column(row)} | – |")
+            continue
         kind = row["target_kind"].replace("|", "\\|")  # a bare | would end the table cell
         note = (f", acceptance {sum(row['acceptance_rate']) / len(row['acceptance_rate']):.2f}"
                 if "acceptance_rate" in row else
@@ -262,8 +306,9 @@ def table(rows, link_prefix=""):
                      f"| {percent(row['support_precision'], row['support_precision_ci'])} "
                      f"| {row['tv_distance']:.3f} ({row['tv_distance_ci'][0]:.3f}–{row['tv_distance_ci'][1]:.3f}) "
                      f"| {100 * row['unrecognisable_share']:.1f}% | {row['score_evaluations_per_sample']} "
-                     f"| {row['seconds_per_sample']:.3f} | [png]({link_prefix}{row['suite']}_{row['method']}.png) |")
-    machine = {(row["device"], row["cpu_capability"], row["threads"]) for row in rows}
+                     f"| {row['seconds_per_sample']:.3f} | {exact_column(exact_of.get((row['suite'], row['method'])))} "
+                     f"| [png]({link_prefix}{row['suite']}_{row['method']}.png) |")
+    machine = {(row["device"], row["cpu_capability"], row["threads"]) for row in [*rows, *exact_rows]}
     lines.append("")
     lines.append("Measured on " + "; ".join(f"{device} ({capability}, {threads} threads)"
                                             for device, capability, threads in sorted(machine)) + ".")
@@ -275,18 +320,22 @@ def plot_bars(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{row['suite']}\n{row['method']}" for row in rows]
+    labels = [f"{row['suite']}\n{row['method']}" + (" (exact)" if row["settings"].get("ingredients") else "")
+              for row in rows]
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.6 * len(rows)), 7), sharex=True)
     for ax, key, name in ((axes[0], "tv_distance", "TV to target"), (axes[1], "support_precision",
                                                                          "support precision")):
         values = [row[key] for row in rows]
         low = [row[key] - row[f"{key}_ci"][0] for row in rows]
         high = [row[f"{key}_ci"][1] - row[key] for row in rows]
-        colours = ["tab:red" if row["method"].startswith("sculpting") else "tab:blue" for row in rows]
+        colours = [("lightcoral" if row["settings"].get("ingredients") else "tab:red")
+                   if row["method"].startswith("sculpting") else
+                   ("lightsteelblue" if row["settings"].get("ingredients") else "tab:blue") for row in rows]
         ax.bar(range(len(rows)), values, yerr=[low, high], color=colours, capsize=2)
         ax.set_ylabel(name)
     axes[1].set_xticks(range(len(rows)), labels, rotation=90, fontsize=7)
-    axes[0].set_title("operators against their targets (red: sculpting; bars: 95% bootstrap CI)")
+    axes[0].set_title("operators against their targets (red: sculpting; pale: on exact base models; "
+                      "bars: 95% bootstrap CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -301,23 +350,31 @@ def selected_rows(only):
     return rows
 
 
+def saved_rows(out_dir, rows, ingredients) -> list:
+    """The saved results of `rows` on `ingredients`, those that exist."""
+    paths = [out_dir / f"{row_stem(suite, method, ingredients)}.json" for suite, method, _, _ in rows]
+    return [json.loads(path.read_text()) for path in paths if path.is_file()]
+
+
 def main(argv=None):
-    config = configure(globals(), argv)
+    config = configure(globals(), argv, choices={"INGREDIENTS": ("learned", "exact")})
     out_dir = ensure_writable_dir(config["OUT_DIR"])
     rows = selected_rows(config["ONLY"])
-    if config["PLOT_ONLY"]:
-        results = [json.loads((out_dir / f"{suite}_{method}.json").read_text()) for suite, method, _, _ in rows
-                   if (out_dir / f"{suite}_{method}.json").is_file()]
-    else:
+    if not config["PLOT_ONLY"]:
         device = get_device(config["DEVICE"])
-        oracle = load_oracle(ORACLE_CHECKPOINT, device)
-        results = [run_row(config, *row, oracle, device, out_dir) for row in tqdm(rows, desc="rows")]
-    if not results:
+        oracle, exact_cache = load_oracle(ORACLE_CHECKPOINT, device), {}
+        for ingredients in config["INGREDIENTS"]:
+            for row in tqdm([row for row in rows if ingredients == "learned" or row[1] not in EXACT_TWINS],
+                            desc=f"rows ({ingredients} bases)"):
+                run_row(config, *row, oracle, device, out_dir, ingredients, exact_cache)
+    # The table holds every row saved so far: a run of one column keeps the other's.
+    results, exact_results = saved_rows(out_dir, rows, "learned"), saved_rows(out_dir, rows, "exact")
+    if not results and not exact_results:
         raise UserError(f"{out_dir} holds no rows yet; run without --plot-only first")
-    (out_dir / "operators.md").write_text(table(results) + "\n")
-    plot_bars(results, out_dir / "operators.png")
+    (out_dir / "operators.md").write_text(table(results, exact_results) + "\n")
+    plot_bars([*results, *exact_results], out_dir / "operators.png")
     if out_dir.resolve() == (REPO / OUT_DIR).resolve() and not config["ONLY"]:  # the committed table: the docs' too
-        update_markers(REPO / "docs" / "operators.md", "operators", table(results, f"../{OUT_DIR}/"))
+        update_markers(REPO / "docs" / "operators.md", "operators", table(results, exact_results, f"../{OUT_DIR}/"))
     print((out_dir / "operators.md").read_text())
 
 

@@ -27,6 +27,13 @@ Another SEED is an independent replicate of the whole run, in a RUN_DIR of its o
 
     python reproduce.py --scale cpu --seed 1   # runs/cpu_seed1
 
+--group chains runs the reference's chained compositions instead (docs/chains.md): each of MN1, MN2, MN3 against
+the composites of the other two (their harmonic mean, and each without the other), on the base models of
+BASE_DIR: the pairs' joint classifiers, 9 chain classifiers, 27 chained rows sampled and evaluated against their
+exact and plug-in targets, and the product chains beside the 3-way route's row (COMPARE_DIR):
+
+    python reproduce.py --group chains --base-dir checkpoints --compare-dir results/cpu --out-dir results/chains
+
 The committed set (the checkpoints shipped in checkpoints/, the rows in results/cpu/ and README's table) is
 rebuilt only when named: --replace-shipped lets the exports replace the shipped files and rewrites their lines in
 checkpoints/MANIFEST.sha256 (without it, a run that would replace one stops before it starts):
@@ -35,15 +42,17 @@ checkpoints/MANIFEST.sha256 (without it, a run that would replace one stops befo
     python reproduce.py --summary-only --out-dir results/cpu   # README's table and results/cpu.md from its rows
 """
 
+from pathlib import Path
+
 from sculpting.checkpoints import ensure_writable_dir, refuse_shipped
 from sculpting.cli import configure, flag_name, run_main
 from custom_datasets import ensure_mnist
 from sculpting.recipes import SCALES
-from sculpting.reproduction.report import write_summary
+from sculpting.reproduction.report import write_chain_summary, write_summary
 from sculpting.errors import UserError
 from sculpting.reproduction.runner import Pipeline, matches, read_timings
 from sculpting.reproduction.slurm import SlurmLauncher, job_shapes, sbatch_options
-from sculpting.reproduction.stages import Plan, stage_graph
+from sculpting.reproduction.stages import Plan, chain_graph, stage_graph
 from sculpting.runtime import visible_gpus
 
 SCALE = "cpu"
@@ -52,11 +61,15 @@ NUM_STEPS = None  # sampler steps of every sample; None: the scale's for the sam
 SAMPLER = None  # of every sampling stage (showcase rows, base models alone, classifier pools); None: the scale's
 # (cpu: heun-churn; paper: pc)
 SEED = 0  # of every training and sampling stage: another seed is an independent replicate of the whole run
+GROUP = "showcase"  # showcase: base models, classifiers and README's rows; chains: the chained compositions
 
 # ---- engineering settings: how and where it runs, not what it samples ----
 RUN_DIR = None  # None: runs/<SCALE> (runs/<SCALE>_seed<SEED> for SEED > 0)
 EXPORT_DIR = None  # None: <RUN_DIR>/checkpoints (checkpoints, the shipped set, needs --replace-shipped)
-OUT_DIR = None  # None: <RUN_DIR>/results, summarised in <RUN_DIR>/results.md (results/cpu: the committed rows)
+OUT_DIR = None  # None: <RUN_DIR>/results, summarised in <RUN_DIR>/results.md (results/cpu: the committed rows);
+# --group chains: <RUN_DIR>/chains (results/chains: the committed rows)
+BASE_DIR = None  # --group chains: the base models' folder (gen_MN*_ckpt_195.pth); None: EXPORT_DIR
+COMPARE_DIR = None  # --group chains: the showcase rows the product chains are set beside; None: <RUN_DIR>/results
 PRECISION = None  # of the showcase samples; None: the scale's (float32; at the cpu scale auto: bfloat16 where native)
 DENOISE_LAST_STEP = None  # of the showcase samples (sample scripts' --denoise-last-step); None: the scale's
 JOBS = None  # stages run in parallel, each with cpu_count // JOBS threads; None: the scale's, or one per GPU where
@@ -94,7 +107,7 @@ def launch_settings(config, run_dir):
 
 
 def main(argv=None):
-    config = configure(globals(), argv, choices={"LAUNCHER": ("local", "slurm")})
+    config = configure(globals(), argv, choices={"LAUNCHER": ("local", "slurm"), "GROUP": ("showcase", "chains")})
     scale, settings = config["SCALE"], SCALES[config["SCALE"]]
     # A replicate (another seed) gets a run dir of its own: in the seed-0 one its finished stages would be skipped.
     replicate = f"{scale}_seed{config['SEED']}" if config["SEED"] else scale
@@ -102,22 +115,30 @@ def main(argv=None):
     launcher, gpus = launch_settings(config, run_dir)
     # Every default lies in the gitignored run dir: checkpoints/ and results/cpu hold the committed set (and
     # results/cpu names README's table), replaced only when named.
-    out_dir = ensure_writable_dir(config["OUT_DIR"] or run_dir / "results")
+    chains = config["GROUP"] == "chains"
+    out_dir = ensure_writable_dir(config["OUT_DIR"] or run_dir / ("chains" if chains else "results"))
 
     def summary(timings):
+        if chains:  # the times of this group's stages (timings.json holds the run dir's every stage)
+            names = {stage.name for stage in chain_graph(plan, base_dir)}
+            return write_chain_summary(out_dir, Path(config["COMPARE_DIR"] or run_dir / "results"),
+                                       {name: t for name, t in timings.items() if name in names},
+                                       config["SEED"]).read_text()
         return write_summary(out_dir, scale, timings, config["SEED"], config["OUT_DIR"] is not None).read_text()
 
+    export_dir = Path(config["EXPORT_DIR"] or run_dir / "checkpoints")
+    base_dir = Path(config["BASE_DIR"] or export_dir)
+    denoise = settings["denoise_last_step"] if config["DENOISE_LAST_STEP"] is None else config["DENOISE_LAST_STEP"]
+    plan = Plan(settings, run_dir, export_dir, out_dir, config["SEED"], config["SAMPLER"] or settings["sampler"],
+                config["PRECISION"] or settings["precision"], denoise, config["NUM_SAMPLES"], config["NUM_STEPS"],
+                config["REPLACE_SHIPPED"])
     if config["SUMMARY_ONLY"]:
         # An OUT_DIR named without its RUN_DIR is not the default run's: its summary keeps the times it has
         # rather than taking those of whatever ran in runs/<scale>.
         print(summary(read_timings(run_dir) if config["RUN_DIR"] or not config["OUT_DIR"] else {}))
         return None
-    export_dir = ensure_writable_dir(config["EXPORT_DIR"] or run_dir / "checkpoints")
-    denoise = settings["denoise_last_step"] if config["DENOISE_LAST_STEP"] is None else config["DENOISE_LAST_STEP"]
-    plan = Plan(settings, run_dir, export_dir, out_dir, config["SEED"], config["SAMPLER"] or settings["sampler"],
-                config["PRECISION"] or settings["precision"], denoise, config["NUM_SAMPLES"], config["NUM_STEPS"],
-                config["REPLACE_SHIPPED"])
-    stages = stage_graph(plan, lambda name: matches(config["ONLY"], name))
+    ensure_writable_dir(export_dir)
+    stages = chain_graph(plan, base_dir) if chains else stage_graph(plan, lambda name: matches(config["ONLY"], name))
     jobs = config["JOBS"] or (len(stages) if launcher is not None else max(settings["jobs"], len(gpus)))
     pipeline = Pipeline(stages, run_dir, config["DRY_RUN"], config["ONLY"], jobs, launcher, gpus)
     if not config["DRY_RUN"] and not config["REPLACE_SHIPPED"]:  # refused before hours of training, not after

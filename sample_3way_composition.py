@@ -33,6 +33,7 @@ NUM_STEPS = 500
 SNR = 0.16  # pc: the Langevin corrector's signal-to-noise ratio
 SAMPLER = "pc"  # the reference's predictor-corrector; "heun" (ODE) or "heun-churn" (stochastic) need far fewer steps
 SEED = 0
+COMPOSITE_GUIDANCE = 20.0  # the guidance inside a composite model (a GEN_IDX_k such as MN2xMN3)
 
 # ---- engineering settings: how and where it runs, not what it samples ----
 GEN_CKPT_DIR = "checkpoints"
@@ -40,6 +41,7 @@ GEN_CKPT_EPOCH = REFERENCE_EPOCH
 GEN_CKPT_PATH_1 = None  # a full path overrides GEN_CKPT_DIR/gen_{GEN_IDX_1}_ckpt_{GEN_CKPT_EPOCH}.pth
 GEN_CKPT_PATH_2 = None
 GEN_CKPT_PATH_3 = None
+COMPOSITE_CLASSIFIER_DIR = None  # a composite's pair classifier <name>_ckpt_200.pth is read here; None: GEN_CKPT_DIR
 BATCH_SIZE = 64
 SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level of the grid (a denoising step follows with DENOISE_LAST_STEP)
 CHURN = 40.0  # heun-churn: the noise each step adds back (EDM's S_churn; gamma = min(CHURN / NUM_STEPS, sqrt 2 - 1))
@@ -63,8 +65,8 @@ def main(argv=None):
 
     # Load the base models, the joint classifier Q(y1, y2 | x_t) and the conditional one Q(y3 | x_t, y1, y2).
     checkpoints = base_model_paths(models, s["GEN_CKPT_DIR"], s["GEN_CKPT_EPOCH"],
-                                   [s["GEN_CKPT_PATH_1"], s["GEN_CKPT_PATH_2"], s["GEN_CKPT_PATH_3"]])
-    base_models = run.load_base_models(models, checkpoints)
+                                   [s["GEN_CKPT_PATH_1"], s["GEN_CKPT_PATH_2"], s["GEN_CKPT_PATH_3"]], s)
+    base_models = run.load_base_models(models, checkpoints, s["FORCE"])
     joint = load_classifier(s["CLASSIFIER_CKPT"], ThreeWayJointYClassifier, run.device, "train_3way_classifier.py")
     conditional = load_classifier(s["CONDITIONAL_CLASSIFIER_CKPT"], ThreeWayConditionalYClassifier, run.device,
                                   "train_3way_conditional_classifier.py")

@@ -46,10 +46,12 @@ CLASSIFIER_CHANNELS = [64, 64]
 EMBED_DIM = 256
 T_EMBED_DIM = 128
 SEED = 0
+COMPOSITE_GUIDANCE = 20.0  # the guidance inside a composite model (a GEN_IDX_k such as MN2xMN3)
 
 # ---- engineering settings: how and where it runs, not what it samples ----
 GEN_CKPT_DIR = "checkpoints"
 GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+COMPOSITE_CLASSIFIER_DIR = None  # a composite's pair classifier <name>_ckpt_200.pth is read here; None: GEN_CKPT_DIR
 SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level (as the sample scripts' --sigma-min)
 CHURN = 40.0  # heun-churn: the noise each step adds back (as the sample scripts' --churn)
 COMPILE = "off"  # sample trajectories with compiled score networks: on, off or auto (as the sample scripts')

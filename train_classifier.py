@@ -3,7 +3,10 @@
 Reference defaults (M1 vs M2): 200 Adadelta steps (lr 1.0, decayed 0.97 per step), the first 100 on the
 terminal loss only, fresh trajectories (128 per model, 500 PC steps) for every step, the bootstrap
 target copied before every step, a test and a checkpoint classifier_ckpt_{step}.pth every 25 steps.
-Also trains the grey subdigits pair: --gen-idx-1 1 --gen-idx-2 2 --classifier-name subdigits_classifier.
+Also trains the grey subdigits pair: --gen-idx-1 1 --gen-idx-2 2 --classifier-name subdigits_classifier, and, with
+a composite of two base models as a model (sculpting/composites.py), a chain classifier (docs/chains.md):
+    python train_classifier.py --gen-idx-1 MN1 --gen-idx-2 MN2xMN3 --classifier-name chain_MN1_MN2xMN3 \
+        --composite-classifier-dir runs/chains
 
 CPU-scale example (a pool of trajectories reused for 100 steps, 100 sampler steps, a narrower trunk):
     python train_classifier.py --gen-ckpt-dir runs/cpu --gen-ckpt-epoch 11 --trajectory-steps 100 \
@@ -38,10 +41,12 @@ CLASSIFIER_CHANNELS = [32, 64]
 EMBED_DIM = 256
 T_EMBED_DIM = 128
 SEED = 0
+COMPOSITE_GUIDANCE = 20.0  # the guidance inside a composite model (a GEN_IDX_k such as MN2xMN3)
 
 # ---- engineering settings: how and where it runs, not what it samples ----
 GEN_CKPT_DIR = "checkpoints"
 GEN_CKPT_EPOCH = REFERENCE_EPOCH  # loads GEN_CKPT_DIR/gen_{GEN_IDX}_ckpt_{GEN_CKPT_EPOCH}.pth
+COMPOSITE_CLASSIFIER_DIR = None  # a composite's pair classifier <name>_ckpt_200.pth is read here; None: GEN_CKPT_DIR
 SIGMA_MIN = 0.05  # heun, heun-churn: the last noise level (as the sample scripts' --sigma-min)
 CHURN = 40.0  # heun-churn: the noise each step adds back (as the sample scripts' --churn)
 COMPILE = "off"  # sample trajectories with compiled score networks: on, off or auto (as the sample scripts')

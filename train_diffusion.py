@@ -20,7 +20,7 @@ import torch
 from sculpting.artefacts import (RUN_DIR, base_model_checkpoint, base_model_checkpoints_glob, energy_model_name, loss_plot,
                        numbered_files, train_state)
 from sculpting.checkpoints import ensure_writable_dir
-from sculpting.cli import configure, run_main
+from sculpting.cli import BASE_ONLY, configure, run_main
 from custom_datasets import ColouredMNIST
 from sculpting.errors import UserError
 from sculpting.losses import denoising_score_matching_loss
@@ -66,10 +66,11 @@ DEFAULTS_OF_LATER_KEYS = {"PRECISION": "float32", "ENERGY": False}  # what train
 
 
 def parse_args(argv=None):
-    preset = configure(globals(), argv, exclude=["CONFIG_KEYS"])["PRESET"]  # first pass: find --preset
+    # first pass: find --preset
+    preset = configure(globals(), argv, exclude=["CONFIG_KEYS"], choices=BASE_ONLY)["PRESET"]
     # Training has no auto: one timed step would not tell whether a whole run gains by compiling.
     config = configure(globals(), argv, exclude=["CONFIG_KEYS"], defaults=PRESETS[preset] if preset else None,
-                       choices={"COMPILE": ("off", "on")})
+                       choices={"COMPILE": ("off", "on"), **BASE_ONLY})
     if len(config["CHANNELS"]) != 4 or any(c % 32 for c in config["CHANNELS"]):
         raise UserError(f"--channels needs 4 multiples of 32 (GroupNorm uses 32 groups); got {config['CHANNELS']}")
     if config["ENERGY"] and (config["COMPILE"] == "on" or config["PRECISION"] != "float32"):

@@ -16,7 +16,7 @@ import torch
 
 from sculpting.artefacts import RUN_DIR, numbered_files
 from sculpting.checkpoints import atomic_save, ensure_writable_dir, half_state_dict, refuse_shipped
-from sculpting.cli import configure, run_main
+from sculpting.cli import BASE_ONLY, configure, run_main
 from custom_datasets import LABELS, LabelledImages
 from sculpting.errors import UserError
 from sculpting.losses import joint_diffusion_loss, noised_classifier_loss
@@ -65,7 +65,7 @@ CONFIG_KEYS = ["GEN_IDX", "LABEL", "MODEL", "CLASSIFIER_LOSS_SCALING", "TRAIN_NO
                "CHANNELS", "EMBED_DIM", "CLASSIFIER_CHANNELS", "TRAIN_SUBSET", "PRECISION", "SEED"]
 # The presets whose settings this script has (cpu-24's also compiles, which the joint model does not).
 CHOICES = {"LABEL": LABELS, "MODEL": ("joint", "classifier"), "HEAD_FEATURES": HEAD_FEATURE_CHOICES,
-           "PRESET": ("cpu", "paper")}
+           "PRESET": ("cpu", "paper"), **BASE_ONLY}
 
 
 def parse_args(argv=None):

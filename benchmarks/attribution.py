@@ -132,6 +132,9 @@ def table(results) -> str:
                      f" | {cell['num_samples']} | {cell['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
                      f"{cell['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | {cell['tv_of_exact_samples']['mean']:.3f} | "
                      f"{cell['unrecognisable_share']:.1%} | {cell['sampling_seconds']:.0f} |")
+    machines = sorted({f"{cell['device']} ({cell['cpu_capability']})" for cell in results})
+    lines += ["", f"Sampling wall time of these {len(results)} cells: "
+                  f"{sum(cell['sampling_seconds'] for cell in results) / 60:.0f} min on {', '.join(machines)}."]
     return "\n".join(lines)
 
 

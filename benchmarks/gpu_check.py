@@ -46,7 +46,7 @@ from sculpting.artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, THREE
                                  test_history)
 from sculpting.checkpoints import ensure_writable_dir, load_oracle  # noqa: E402
 from models.fast_paths import PRECISION_CHOICES  # noqa: E402
-from sculpting.cli import configure, flag_name, run_main, run_script  # noqa: E402
+from sculpting.cli import BASE_ONLY, configure, flag_name, run_main, run_script  # noqa: E402
 from sculpting.errors import UserError  # noqa: E402
 from sculpting.evaluation import composition_metrics, load_samples, read_meta, sample_cells  # noqa: E402
 from sculpting.recipes import CPU_STEPS, SCALES  # noqa: E402
@@ -340,8 +340,9 @@ def device_name(device) -> str:
 
 
 def main(argv=None):
-    tiny = configure(globals(), argv)["TINY"]  # first pass: --tiny changes the other settings' defaults
-    config = configure(globals(), argv, defaults=TINY_SETTINGS if tiny else None)
+    # first pass: --tiny changes the other settings' defaults
+    tiny = configure(globals(), argv, choices=BASE_ONLY)["TINY"]
+    config = configure(globals(), argv, defaults=TINY_SETTINGS if tiny else None, choices=BASE_ONLY)
     for name in ["ROWS", "COMPILE_ROWS"]:  # integers also where --tiny's empty default left them strings
         config[name] = [int(value) if str(value).isdigit() else value for value in config[name]]
     for name, allowed in [("PARTS", PARTS), ("SAMPLERS", SAMPLER_NAMES), ("PRECISIONS", PRECISION_CHOICES),

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sculpting.checkpoints import ensure_writable_dir, load_oracle, load_score_model  # noqa: E402
-from sculpting.cli import configure, run_main  # noqa: E402
+from sculpting.cli import BASE_ONLY, configure, run_main  # noqa: E402
 from custom_datasets import ColouredMNIST  # noqa: E402
 from sculpting.errors import UserError  # noqa: E402
 from models.oracle import INK_LEVEL, predict  # noqa: E402
@@ -68,7 +68,7 @@ def measure(images, clean, empty_channels, oracle):
 
 
 def main(argv=None):
-    config = configure(globals(), argv)
+    config = configure(globals(), argv, choices=BASE_ONLY)
     if not 2 <= config["TAIL_STEPS"] <= config["NUM_STEPS"]:
         raise UserError(f"--tail-steps must be in [2, --num-steps], got {config['TAIL_STEPS']}")
     out_dir = ensure_writable_dir(config["OUT_DIR"])

@@ -162,11 +162,16 @@ class ExactScore(nn.Module):
         self.input_channels = datasets.kernel_sums.shape[0]
 
     def forward(self, x, t):
-        _, weighted, means, sigma = self.datasets.model_log_densities(x, t)
+        return self.energy_and_score(x, t)[1]
+
+    def energy_and_score(self, x, t):
+        """(E [B] = -log p_t^i(x), score): the interface of an energy model (models/energy_model.py), so that the
+        Metropolis-corrected samplers take exact models and sums of them; both from one pass of the kernel sums."""
+        log_density, weighted, means, sigma = self.datasets.model_log_densities(x, t)
         cell_weights = torch.softmax(weighted[:, self.index], dim=1)  # [B, K]
         mean = (cell_weights[:, :, None] * means).sum(1)
         score = (mean - x.reshape(len(x), -1).float()) / sigma.pow(2)[:, None]
-        return score.reshape(x.shape).to(x.dtype)
+        return -log_density[:, self.index], score.reshape(x.shape).to(x.dtype)
 
     def log_density(self, x, t):
         return self.datasets.model_log_densities(x, t)[0][:, self.index]

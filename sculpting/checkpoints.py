@@ -180,12 +180,24 @@ def short_hash(digest) -> str:
     return digest[:12]
 
 
+def source_sha256(source) -> str:
+    """The SHA-256 of a model's source: its checkpoint file's, or what a composite (composites.CompositeSource)
+    digests its parts to."""
+    return source.sha256() if hasattr(source, "sha256") else file_sha256(source)
+
+
+def provenance_entry(name, source) -> dict:
+    """A model as a provenance record names it: a base model by its checkpoint, a composite by its parts."""
+    if hasattr(source, "provenance_entry"):
+        return source.provenance_entry()
+    return {"name": name, "checkpoint": str(source), "sha256": file_sha256(source)}
+
+
 def classifier_provenance(base_models, joint_classifier=None) -> dict:
-    """What a classifier is trained on, as its sidecar records it: the base models [(GEN_IDX, checkpoint)] in the
-    order of its labels and, for a conditional classifier, the joint classifier that guides its compositions;
-    each file by its SHA-256."""
-    record = {"base_models": [{"name": name, "checkpoint": str(path), "sha256": file_sha256(path)}
-                              for name, path in base_models]}
+    """What a classifier is trained on, as its sidecar records it: the base models [(GEN_IDX, checkpoint or
+    composite source)] in the order of its labels and, for a conditional classifier, the joint classifier that
+    guides its compositions; each file by its SHA-256 (a composite by its parts')."""
+    record = {"base_models": [provenance_entry(name, source) for name, source in base_models]}
     if joint_classifier is not None:
         record["joint_classifier"] = {"checkpoint": str(joint_classifier), "sha256": file_sha256(joint_classifier)}
     return record
@@ -230,9 +242,9 @@ def check_provenance(classifier, base_models, joint_classifier=None, force=False
         mismatch = f"{classifier} was trained on {', '.join(trained_names)}, not {', '.join(names)}"
     else:
         mismatch = next((f"{classifier} was trained on {name} = {entry['checkpoint']} (SHA-256 "
-                         f"{short_hash(entry['sha256'])}), not {path} (SHA-256 {short_hash(file_sha256(path))})"
+                         f"{short_hash(entry['sha256'])}), not {path} (SHA-256 {short_hash(source_sha256(path))})"
                          for (name, path), entry in zip(base_models, trained)
-                         if path is not None and file_sha256(path) != entry["sha256"]), None)
+                         if path is not None and source_sha256(path) != entry["sha256"]), None)
     joint = provenance.get("joint_classifier")
     if mismatch is None and joint_classifier is not None and joint is not None \
             and file_sha256(joint_classifier) != joint["sha256"]:

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sculpting.artefacts import (accuracy_plot, base_model_path, classifier_checkpoint, classifier_checkpoints_glob,
+from sculpting.artefacts import (accuracy_plot, classifier_checkpoint, classifier_checkpoints_glob,
                        numbered_files, provenance_sidecar, test_history)
-from sculpting.checkpoints import (atomic_write_text, classifier_provenance, ensure_writable_dir, load_score_model,
+from sculpting.checkpoints import (atomic_write_text, classifier_provenance, ensure_writable_dir,
                          refuse_shipped, remove_files, write_provenance)
 from sculpting.cli import configure, flag_name
-from custom_datasets import BASE_DATASETS
+from sculpting.composites import COMPOSITE_GUIDANCE, load_model, model_channels, model_source
 from sculpting.errors import UserError
 from sculpting.losses import (JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, conditional_classifier_loss, conditional_keep_prob,
                     joint_non_terminal_loss, joint_soft_targets, joint_terminal_loss, select_steps)
@@ -118,17 +118,21 @@ def start_run(config):
 
 
 def base_model_files(config, gen_idxs):
-    """[(GEN_IDX, its checkpoint GEN_CKPT_DIR/gen_{g}_ckpt_{GEN_CKPT_EPOCH}.pth)]: what the classifier trains on."""
-    return [(g, base_model_path(config["GEN_CKPT_DIR"], g, config["GEN_CKPT_EPOCH"])) for g in gen_idxs]
+    """[(GEN_IDX, its checkpoint GEN_CKPT_DIR/gen_{g}_ckpt_{GEN_CKPT_EPOCH}.pth, or, for a composite, its
+    composites.CompositeSource)]: what the classifier trains on."""
+    return [(g, model_source(g, config["GEN_CKPT_DIR"], config["GEN_CKPT_EPOCH"],
+                             config.get("COMPOSITE_CLASSIFIER_DIR"),
+                             config.get("COMPOSITE_GUIDANCE", COMPOSITE_GUIDANCE))) for g in gen_idxs]
 
 
 def load_base_models(config, gen_idxs, sde, device):
-    """The frozen base score models gen_{g}_ckpt_{GEN_CKPT_EPOCH}.pth from GEN_CKPT_DIR; they must agree on channels."""
-    channels = {BASE_DATASETS[g][0] for g in gen_idxs}
+    """The frozen score models the classifier separates: base models gen_{g}_ckpt_{GEN_CKPT_EPOCH}.pth from
+    GEN_CKPT_DIR, or composites of two; they must agree on channels."""
+    channels = {model_channels(g) for g in gen_idxs}
     if len(channels) > 1:
         raise UserError(f"base models {', '.join(gen_idxs)} mix grey and coloured datasets; compose models of one kind")
-    return [load_score_model(path, sde, device, input_channels=BASE_DATASETS[g][0])
-            for g, path in base_model_files(config, gen_idxs)]
+    return [load_model(source, sde, device, input_channels=model_channels(g), force=config.get("FORCE", False))
+            for g, source in base_model_files(config, gen_idxs)]
 
 
 def build_classifier(classifier_class, config, input_channels, device):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from custom_datasets import BASE_DATASETS
+from sculpting.composites import is_model_name
 from sculpting.errors import UserError
 from sculpting.images import PALETTES
 from models import fast_paths
@@ -67,20 +68,31 @@ class Known:
     const: str = None  # the value of the flag given alone (--compile = --compile on)
 
 
+# A script whose GEN_IDX must be a base dataset (it trains one, or times one) passes configure(choices=BASE_ONLY).
+BASE_ONLY = {"GEN_IDX": tuple(BASE_DATASETS)}
+
 # The names several scripts share (a numbered name such as GEN_IDX_2 or GUIDANCE_3 is its base name's), and the
 # checks of a few names of one script.
 KNOWN = {
     # what is sampled, and from which checkpoints
-    "GEN_IDX": Known("base model, by the name of its dataset", choices=tuple(BASE_DATASETS)),
+    "GEN_IDX": Known("base model, by the name of its dataset; where a model is sampled or classified, also a composite "
+                     "of two (MN2xMN3: their harmonic mean; MN2-MN3: MN2 without MN3; sculpting/composites.py)",
+                     Check(is_model_name, "a base model or a composite")),
     "GEN_CKPT_DIR": Known("folder the base models' checkpoints gen_<GEN_IDX>_ckpt_<GEN_CKPT_EPOCH>.pth are read from"),
     "GEN_CKPT_EPOCH": Known("epoch of the base-model checkpoints that are read (0: after the first epoch)",
                             NON_NEGATIVE),
     "GEN_CKPT_PATH": Known("a full path of the base model's checkpoint; overrides GEN_CKPT_DIR and GEN_CKPT_EPOCH"),
+    "COMPOSITE_GUIDANCE": Known("guidance scale inside a composite model (MN2xMN3, MN2-MN3): of its pair's joint "
+                                "classifier; the reference's composites use 20", NON_NEGATIVE),
+    "COMPOSITE_CLASSIFIER_DIR": Known("folder a composite's pair classifier <name>_ckpt_200.pth is read from "
+                                      "(classifier_<b>_<c>; M1/M2 and 1/2: the shipped names); unset: GEN_CKPT_DIR",
+                                      type=str),
     "CLASSIFIER_CKPT": Known("checkpoint of the joint classifier Q(y1, y2 | x_t) that guides the composition"),
     "CONDITIONAL_CLASSIFIER_CKPT": Known("checkpoint of the conditional classifier Q(y3 | x_t, y1, y2)"),
     "Y": Known("observation: 1-based index of the base model the label names", POSITIVE),
     "GUIDANCE": Known("scale of the classifier's guidance term; 1 is the exact composition", NON_NEGATIVE),
-    "MODELS": Known("base models, by the names of their datasets", choices=tuple(BASE_DATASETS)),
+    "MODELS": Known("base models, by the names of their datasets, or composites of two (MN2xMN3)",
+                    Check(is_model_name, "base models or composites")),
     "OBSERVATIONS": Known("1-based observed labels y_1, y_2, ..."),
     # the sampler
     "SAMPLER": Known("pc: the reference's predictor-corrector; heun: the probability-flow ODE; heun-churn: "

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from sculpting.artefacts import base_model_path
-from sculpting.checkpoints import ensure_writable_dir, load_score_model
-from custom_datasets import dataset_spec
+from sculpting.checkpoints import ensure_writable_dir
+from sculpting.composites import COMPOSITE_GUIDANCE, load_model, model_channels, model_source, source_record
 from sculpting.errors import UserError
 from sculpting.images import refuse_other_samples, save_samples
+from models.score_model import ScoreNet
 from models.fast_paths import fast_path_report, fast_score_model, resolve_precision
 from sculpting.runtime import get_device
 from samplers import Sampler, sample_in_batches
@@ -57,10 +57,11 @@ class SampleRun:
                 "precision_setting": self.precision_setting, "compile": self.compile, "device": str(self.device),
                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
-    def load_base_models(self, names, checkpoints) -> list:
-        """The base models `names` (datasets) from their `checkpoints`, on the run's device."""
-        return [load_score_model(path, self.sde, self.device, input_channels=dataset_spec(name)[0])
-                for name, path in zip(names, checkpoints)]
+    def load_base_models(self, names, checkpoints, force=False) -> list:
+        """The base models `names` from their `checkpoints` (base_model_paths: a checkpoint, or a composite's
+        source), on the run's device."""
+        return [load_model(source, self.sde, self.device, input_channels=model_channels(name), force=force)
+                for name, source in zip(names, checkpoints)]
 
     def sample_to_disk(self, score_model, networks, stem, record) -> Path:
         """Draw the samples of `score_model` and write <out_dir>/<stem>.png/.pt/.json, the .json holding `record`
@@ -69,6 +70,7 @@ class SampleRun:
         meta = {**record, **self.settings()}
         refuse_other_samples(self.out_dir, stem, meta, self.overwrite)
         batches = [len(batch) for batch in torch.arange(self.num_samples).split(self.batch_size)]
+        networks = [net for model in networks for net in model.modules() if isinstance(net, ScoreNet)]  # composites'
         fast = fast_score_model(score_model, networks, self.compile, self.precision,  # compiles lazily
                                 self.sampler.evaluations_per_sample * len(batches), len(set(batches)))
         started = time.perf_counter()
@@ -92,16 +94,20 @@ def sample_run(settings) -> SampleRun:
                      settings["OVERWRITE"], settings.get("PALETTE", "rgb"))
 
 
-def base_model_paths(names, ckpt_dir, epoch, paths=None) -> list:
-    """The checkpoint of each base model: its entry of `paths` where given, else its file in `ckpt_dir`."""
-    paths = paths or [None] * len(names)
-    return [path or base_model_path(ckpt_dir, name, epoch) for name, path in zip(names, paths)]
+def base_model_paths(names, ckpt_dir, epoch, paths=None, settings=None) -> list:
+    """The checkpoint of each base model: its entry of `paths` where given, else its file in `ckpt_dir`; for a
+    composite (sculpting/composites.py), its source, with the script's COMPOSITE_CLASSIFIER_DIR and
+    COMPOSITE_GUIDANCE from `settings`."""
+    paths, settings = paths or [None] * len(names), settings or {}
+    return [model_source(name, ckpt_dir, epoch, settings.get("COMPOSITE_CLASSIFIER_DIR"),
+                         settings.get("COMPOSITE_GUIDANCE", COMPOSITE_GUIDANCE), path)
+            for name, path in zip(names, paths)]
 
 
 def composition_record(models, observations, guidance_scales, checkpoints, classifier_checkpoints, mismatch) -> dict:
     """What a composition's .json records about what was composed (checkpoints.check_composition_provenance gives
     `mismatch`, where a classifier of other base models was forced)."""
     return {"kind": "composition", "models": list(models), "observations": list(observations),
-            "guidance_scales": list(guidance_scales), "checkpoints": list(checkpoints),
+            "guidance_scales": list(guidance_scales), "checkpoints": [source_record(path) for path in checkpoints],
             "classifier_checkpoints": [str(path) for path in classifier_checkpoints],
             **({"forced": True, "provenance_mismatch": mismatch} if mismatch else {})}

@@ -16,11 +16,17 @@ within a cell the models' images are alike, the cell's share of the
 composition is (mean_i q_i(cell))^(1-n) prod_k q_{y_k}(cell), normalised; the
 exact target is the case q_i(cell) = count(cell) / |D_i|. Cells the models
 share by mistake (malformed digits, wrong digits) then get their share too.
+
+A composite (sculpting/composites.py: a composition of two base models used as
+a base model, docs/reference.md §9) is uniform within each cell too, so the same
+rule chains: its shares q(cell) are its own exact composition's (λ = 1), or, for
+the plug-in target, its samples' measured shares.
 """
 from functools import lru_cache
 
 import torch
 
+from sculpting.composites import model_channels, parse_model
 from sculpting.errors import UserError
 from custom_datasets import DATA_ROOT, dataset_spec, load_mnist
 
@@ -36,7 +42,7 @@ def validate_composition(models, observations) -> int:
     """The samples' channel count of a composition; a UserError for unknown models or labels out of range."""
     if not models:
         raise UserError("no base models given; name them, e.g. --models M1 M2")
-    channels = {dataset_spec(name)[0] for name in models}
+    channels = {model_channels(name) for name in models}
     if len(channels) > 1:
         raise UserError(f"models {list(models)} mix grey (1-channel) and coloured (3-channel) datasets")
     for label in observations:
@@ -81,13 +87,25 @@ def composition_of_cells(shares: dict, observations=()) -> dict:
     return dict(sorted(((cell, w / norm) for cell, w in weights.items()), key=lambda item: -item[1]))
 
 
+def model_shares(name, root=DATA_ROOT) -> dict:
+    """{cell: share of the model's mass} of a base model (count(cell) / |D_i|), or of a composite (its own exact
+    composition's cells)."""
+    composite = parse_model(name)
+    if composite is not None:
+        return target_distribution(composite.pair, composite.observations, root)
+    counts = digit_counts(root)
+    cells = dataset_spec(name)[1]
+    size = sum(counts[digit] for digit, _ in cells)
+    return {cell: counts[cell[0]] / size for cell in cells}
+
+
 def target_distribution(models, observations=(), root=DATA_ROOT) -> dict:
-    """{(digit, colour): probability} of p(x | y_1..y_n) over the base datasets' cells; largest first, no zeros."""
+    """{(digit, colour): probability} of p(x | y_1..y_n) over the models' cells (base models or composites);
+    largest first, no zeros."""
     models = [str(name) for name in models]
     validate_composition(models, observations)
-    counts = digit_counts(root)
-    shares = {cell: [counts[cell[0]] * density for density in densities]
-              for cell, densities in cell_densities(models, root).items()}
+    per_model = [model_shares(name, root) for name in models]
+    shares = {cell: [model.get(cell, 0.0) for model in per_model] for cell in sorted(set().union(*per_model))}
     try:
         return composition_of_cells(shares, observations)
     except UserError:

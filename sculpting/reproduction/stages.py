@@ -15,6 +15,7 @@ from sculpting.artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, REFER
                        SUBDIGITS_CLASSIFIER, THREE_WAY_CLASSIFIER, base_model_checkpoint, classifier_checkpoint,
                        composition_stem, evaluation_report, individual_stem, provenance_sidecar,
                        reference_classifier_checkpoint, train_state)
+from sculpting.composites import pair_classifier_name, parse_model
 from sculpting.checkpoints import atomic_save, atomic_write_text, half_state_dict, is_shipped, record_shipped, refuse_shipped
 from sculpting.recipes import PRESETS
 from sculpting.reproduction.runner import Stage
@@ -150,4 +151,94 @@ def stage_graph(plan: Plan, selects) -> list:
               ["evaluate_composition.py", str(out_dir / f"{stem}.pt"),
                *(["--base-evaluations", *map(str, individual_evaluations)] if plug_in else [])],
               after=[sampled, *(base_evaluations[g] for g in models)], kind="evaluate")
+    return stages
+
+
+# ---- chained compositions (docs/reference.md §9) ----
+
+CHAIN_MODELS = ["MN1", "MN2", "MN3"]
+CHAIN_OBSERVATIONS = [(1, 1), (1, 2), (2, 2)]
+CHAIN_GUIDANCE = 20.0  # of the chained compositions and inside each composite, as the reference samples them
+
+
+def chain_classifier_name(model, composite) -> str:
+    return f"chain_{model}_{composite}"
+
+
+def chain_rows() -> list:
+    """(a, composite, observations) of the reference's sweep: each MN model against the composites of the other
+    two (their harmonic mean, and each without the other), y in CHAIN_OBSERVATIONS: 27 rows."""
+    rows = []
+    for model in CHAIN_MODELS:
+        first, second = [other for other in CHAIN_MODELS if other != model]
+        for composite in (f"{first}x{second}", f"{first}-{second}", f"{second}-{first}"):
+            rows += [(model, composite, observations) for observations in CHAIN_OBSERVATIONS]
+    return rows
+
+
+def chain_graph(plan: Plan, base_dir: Path) -> list:
+    """The stages of the chained compositions, on the base models in `base_dir`: the MN pairs' joint classifiers
+    (the composites' own), each composite and each base model sampled alone and evaluated (the plug-in targets),
+    the 9 chain classifiers (a against a composite of the other two), then the 27 chained compositions, sampled and
+    evaluated. Classifiers are written to <RUN_DIR>/chains and read from there."""
+    settings, out_dir, chain_dir = plan.scale, plan.out_dir, plan.run_dir / "chains"
+    steps_of = settings["steps"][plan.sampler]
+    seed = ["--seed", str(plan.seed)]
+    guidance = ["--composite-guidance", f"{CHAIN_GUIDANCE:g}", "--composite-classifier-dir", str(chain_dir)]
+    steps = REFERENCE_STEPS[JOINT_CLASSIFIER]  # the composites read their pair classifier at this step
+    stages = []
+
+    def stage(name, outputs, command, after=(), kind=None):
+        stages.append(Stage(name, [Path(p) for p in outputs], command, None, tuple(after), (), kind))
+        return name
+
+    def train(name, classifier_name, models, pools):
+        return stage(name, [chain_dir / classifier_checkpoint(classifier_name, steps)], [
+            "train_classifier.py", "--gen-idx-1", models[0], "--gen-idx-2", models[1], "--classifier-name",
+            classifier_name, "--gen-ckpt-dir", str(base_dir), "--ckpt-dir", str(chain_dir), "--steps", str(steps),
+            "--sampler", plan.sampler, "--trajectory-steps", str(steps_of[pools]), *settings["pool_flags"],
+            *settings["classifier_flags"], *guidance, *seed, "--overwrite"],
+            after=[pair_classifiers[parse_model(m).pair] for m in models if parse_model(m)], kind="classifier")
+
+    sample_flags = [*settings["sample_flags"], "--precision", plan.precision, "--sampler", plan.sampler, *seed,
+                    "--denoise-last-step" if plan.denoise_last_step else "--no-denoise-last-step",
+                    "--gen-ckpt-dir", str(base_dir), "--out-dir", str(out_dir), *guidance]
+
+    def alone(model):
+        """Sample a base model or a composite alone and evaluate it: its cells for the plug-in targets."""
+        stem = individual_stem(model, plan.seed)
+        composite = parse_model(model)
+        sampled = stage(f"sample individual {model}", [out_dir / f"{stem}.pt"], [
+            "sample_individual_model.py", "--gen-idx", model, "--num-samples", str(settings["individual_samples"]),
+            *sample_flags, "--num-steps", str(plan.num_steps or steps_of["individual"])],
+            after=[pair_classifiers[composite.pair]] if composite else [], kind="sample")
+        return stage(f"evaluate individual {model}", [out_dir / evaluation_report(stem)],
+                     ["evaluate_composition.py", str(out_dir / f"{stem}.pt")], after=[sampled], kind="evaluate")
+
+    pair_classifiers = {}
+    for k, first in enumerate(CHAIN_MODELS):
+        for second in CHAIN_MODELS[k + 1:]:
+            pair_classifiers[(first, second)] = train(f"classifier {first}/{second}",
+                                                      pair_classifier_name(first, second), [first, second],
+                                                      "base_pools")
+    # The chain classifiers, the longest stages, first; then each model alone (the plug-in targets), then the rows.
+    chains = dict.fromkeys((model, composite) for model, composite, _ in chain_rows())
+    chain_classifiers = {composite: train(f"chain classifier {model}/{composite}",
+                                          chain_classifier_name(model, composite), [model, composite],
+                                          "composition_pools")
+                         for model, composite in chains}
+    evaluated = {model: alone(model) for model in [*CHAIN_MODELS, *chain_classifiers]}
+    for model, composite, observations in chain_rows():
+        stem = composition_stem([model, composite], observations, [CHAIN_GUIDANCE], plan.seed)
+        classifier = chain_dir / classifier_checkpoint(chain_classifier_name(model, composite), steps)
+        sampled = stage(f"sample {stem}", [out_dir / f"{stem}.pt"], [
+            "sample_composition.py", "--gen-idx-1", model, "--gen-idx-2", composite, "--y-1", str(observations[0]),
+            "--y-2", str(observations[1]), "--guidance", f"{CHAIN_GUIDANCE:g}", "--classifier-ckpt", str(classifier),
+            "--num-samples", str(plan.num_samples), *sample_flags,
+            "--num-steps", str(plan.num_steps or steps_of["samples"][2])],
+            after=[chain_classifiers[composite]], kind="sample")
+        stage(f"evaluate {stem}", [out_dir / evaluation_report(stem)], [
+            "evaluate_composition.py", str(out_dir / f"{stem}.pt"), "--base-evaluations",
+            *(str(out_dir / evaluation_report(individual_stem(m, plan.seed))) for m in (model, composite))],
+            after=[sampled, evaluated[model], evaluated[composite]], kind="evaluate")
     return stages

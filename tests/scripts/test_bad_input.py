@@ -42,10 +42,15 @@ SHIPPED = "is shipped with the repository (listed in checkpoints/MANIFEST.sha256
 
 CASES = [
     # unknown names and choices
-    ("sample_individual_model", [*SAMPLE, "--gen-idx", "X"], "invalid choice: 'X'"),
-    ("sample_composition", [*SAMPLE, "--gen-idx-2", "M9"], "invalid choice: 'M9'"),
-    ("train_3way_classifier", [*CLASSIFY, "--gen-idx-3", "MN4"], "invalid choice: 'MN4'"),
-    ("evaluate_composition", [*SAMPLES, "--models", "X", "M2"], "invalid choice: 'X'"),
+    ("sample_individual_model", [*SAMPLE, "--gen-idx", "X"], "unknown model 'X'"),
+    ("sample_composition", [*SAMPLE, "--gen-idx-2", "M9"], "unknown model 'M9'"),
+    ("train_3way_classifier", [*CLASSIFY, "--gen-idx-3", "MN4"], "unknown model 'MN4'"),
+    ("sample_composition", [*SAMPLE, "--gen-idx-2", "MN2xMN9"], "composite 'MN2xMN9' names unknown model 'MN9'"),
+    ("train_classifier", [*CLASSIFY, "--gen-idx-2", "MN2+MN3"], "unknown model 'MN2+MN3'"),
+    ("sample_individual_model", [*SAMPLE, "--gen-idx", "MN2-MN3", "--composite-classifier-dir", "{tmp}"],
+     "needs the joint classifier of MN2 and MN3"),
+    ("train_diffusion", [*TRAIN, "--gen-idx", "MN2xMN3"], "invalid choice: 'MN2xMN3'"),
+    ("evaluate_composition", [*SAMPLES, "--models", "X", "M2"], "unknown model 'X'"),
     ("sample_individual_model", [*SAMPLE, "--palette", "x"], "invalid choice: 'x'"),
     ("sample_individual_model", [*SAMPLE, "--sampler", "euler"], "invalid choice: 'euler'"),
     ("sample_composition", [*SAMPLE, "--precision", "float16"], "invalid choice: 'float16'"),

@@ -7,6 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+import attribution  # noqa: E402
 import classifier_benchmark  # noqa: E402
 import last_step  # noqa: E402
 import sampling_benchmark  # noqa: E402
@@ -115,3 +116,17 @@ def test_precision_speed_reports_both_precisions_and_the_capability(tmp_path):
     assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert report["auto_precision"] in ("float32", "bfloat16")
     assert set(report["train_step_s"]) == set(report["sampling_s"]) == {"float32", "bfloat16"}
+
+
+def test_attribution_cells_are_kept_and_a_rerun_continues_where_it_stopped(data_root, tmp_path):
+    args = ["--only", "M1_M2_y1-1_y2-2_g1$", "--samplers", "heun-churn", "--num-samples", "2", "--batch-size", "2",
+            "--out-dir", str(tmp_path), "--device", "cpu"]
+    attribution.main([*args, "--ingredients", "exact_exact"])
+    first = tmp_path / "composition_M1_M2_y1-1_y2-2_g1" / "exact_exact_heun-churn.json"
+    cell, written = json.loads(first.read_text()), first.stat().st_mtime_ns
+    assert cell["ingredients"] == "exact_exact" and cell["num_samples"] == 2 and cell["cpu_capability"]
+    attribution.main([*args, "--ingredients", "exact_exact", "learned_exact"])  # the first cell is not redrawn
+    assert first.stat().st_mtime_ns == written
+    assert (tmp_path / "composition_M1_M2_y1-1_y2-2_g1" / "learned_exact_heun-churn.json").is_file()
+    table = (tmp_path / "attribution.md").read_text()
+    assert "| exact, exact | 2 |" in table and "Sampling wall time of these 2 cells" in table

@@ -8,7 +8,8 @@ from sculpting.errors import UserError
 
 
 def test_one_row_is_scored_saved_and_reused(data_root, tmp_path):
-    args = ["--num-samples", "2", "--batch-size", "2", "--only", "M1_M2/superdiff-or", "--out-dir", str(tmp_path)]
+    args = ["--num-samples", "2", "--batch-size", "2", "--only", "M1_M2/superdiff-or", "--out-dir", str(tmp_path),
+            "--ingredients", "learned"]
     compare_operators.main(args)
     row = json.loads((tmp_path / "M1_M2_superdiff-or.json").read_text())
     assert row["target_kind"].startswith("exact") and set(row["target"]) == {"green 0", "green 1", "red 0"}
@@ -19,6 +20,19 @@ def test_one_row_is_scored_saved_and_reused(data_root, tmp_path):
     compare_operators.main(args)  # unchanged settings: the row is reused, not resampled
     assert (tmp_path / "M1_M2_superdiff-or.pt").stat().st_mtime_ns == saved
     assert "superdiff-or" in (tmp_path / "operators.md").read_text()
+
+
+def test_the_exact_column_runs_operators_on_exact_bases_with_their_energies(data_root, tmp_path):
+    args = ["--exact-num-samples", "2", "--batch-size", "2", "--only", "M1_M2/(rrr-mala|composable-and-energy)",
+            "--out-dir", str(tmp_path), "--ingredients", "exact"]
+    compare_operators.main(args)
+    row = json.loads((tmp_path / "M1_M2_rrr-mala_exact.json").read_text())  # the Metropolis test on exact energies
+    assert row["settings"]["ingredients"] == "exact" and row["settings"]["num_samples"] == 2
+    assert 0 <= sum(row["acceptance_rate"]) / len(row["acceptance_rate"]) <= 1
+    assert not (tmp_path / "M1_M2_composable-and-energy_exact.json").exists()  # its exact twin is composable-and
+    assert not (tmp_path / "M1_M2_rrr-mala.json").exists()
+    table = (tmp_path / "operators.md").read_text()
+    assert "exact bases" in table and "n = 2" in table
 
 
 def test_targets_of_the_rows(data_root):

@@ -133,7 +133,7 @@ def test_end_to_end_grey_with_flags_and_out_dir(data_root, tmp_path):
 @pytest.mark.parametrize("meta, flags, message", [
     (None, [], "pass --models"),
     ({"models": ["M1", "M2"], "observations": [1, 3]}, [], "out of range"),
-    ({"models": ["M1", "M9"], "observations": [1, 2]}, [], "unknown dataset"),
+    ({"models": ["M1", "M9"], "observations": [1, 2]}, [], "unknown model 'M9'"),
     ({"models": ["1", "2"], "observations": [1, 2]}, [], "channel"),
     ({"models": ["M1", "M2"]}, ["--observations", "one"], "integer"),
 ])

@@ -71,6 +71,8 @@ def test_the_exact_score_is_the_finite_difference_gradient_of_the_exact_log_dens
         expected = finite_difference_gradient(lambda points: model.log_density(points, t), x)
         torch.testing.assert_close(model(x, t).double(), expected, rtol=2e-3, atol=2e-3 * float(expected.abs().max()))
         assert torch.equal(model.energy(x, t), -model.log_density(x, t))
+        energy, score = model.energy_and_score(x, t)  # what the Metropolis-corrected samplers call
+        assert torch.equal(energy, model.energy(x, t)) and torch.equal(score, model(x, t))
 
 
 @pytest.mark.parametrize("entry", [(0, 1), (2, 2)])

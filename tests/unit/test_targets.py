@@ -36,7 +36,7 @@ def test_no_observation_is_the_mixture_and_one_model_is_its_dataset(data_root):
 @pytest.mark.parametrize("models, observations, message", [
     (["M1", "M2"], (3,), "out of range"),
     (["M1", "M2"], (0, 1), "out of range"),
-    (["M1", "M7"], (1,), "unknown dataset"),
+    (["M1", "M7"], (1,), "unknown model 'M7'"),
     (["1", "M1"], (), "mix grey"),
     ([], (), "no base models"),
 ])
