@@ -46,7 +46,7 @@ from sculpting.classifier_training import sample_trajectories
 from sculpting.exact import exact_ingredients
 from sculpting.recipes import CPU_SAMPLER
 from sculpting.cli import configure, run_main
-from custom_datasets import DATA_ROOT, cell_name, colour_images, dataset_spec, load_mnist
+from custom_datasets import BASE_DATASETS, DATA_ROOT, cell_name, colour_images, dataset_spec, load_mnist
 from sculpting.errors import UserError
 from sculpting.evaluation import load_samples, read_meta, row_name, sample_cells
 from models.classifier_model import JointYClassifier, ThreeWayJointYClassifier, marginal_log_probs
@@ -193,7 +193,7 @@ def print_table(rows, models):
 
 
 def main(argv=None):
-    config = configure(globals(), argv)
+    config = configure(globals(), argv, choices={"MODELS": tuple(BASE_DATASETS)})  # base models only
     samples_path = config["SAMPLES"]
     if samples_path is None:
         models = [str(name) for name in config["MODELS"] or ["MN1", "MN2", "MN3"]]

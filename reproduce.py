@@ -52,7 +52,7 @@ from sculpting.reproduction.report import write_chain_summary, write_summary
 from sculpting.errors import UserError
 from sculpting.reproduction.runner import Pipeline, matches, read_timings
 from sculpting.reproduction.slurm import SlurmLauncher, job_shapes, sbatch_options
-from sculpting.reproduction.stages import Plan, chain_graph, stage_graph
+from sculpting.reproduction.stages import CHAIN_PREFIX, Plan, chain_graph, stage_graph
 from sculpting.runtime import visible_gpus
 
 SCALE = "cpu"
@@ -67,7 +67,7 @@ GROUP = "showcase"  # showcase: base models, classifiers and README's rows; chai
 RUN_DIR = None  # None: runs/<SCALE> (runs/<SCALE>_seed<SEED> for SEED > 0)
 EXPORT_DIR = None  # None: <RUN_DIR>/checkpoints (checkpoints, the shipped set, needs --replace-shipped)
 OUT_DIR = None  # None: <RUN_DIR>/results, summarised in <RUN_DIR>/results.md (results/cpu: the committed rows);
-# --group chains: <RUN_DIR>/chains (results/chains: the committed rows)
+# --group chains: <RUN_DIR>/chain_results (results/chains: the committed rows)
 BASE_DIR = None  # --group chains: the base models' folder (gen_MN*_ckpt_195.pth); None: EXPORT_DIR
 COMPARE_DIR = None  # --group chains: the showcase rows the product chains are set beside; None: <RUN_DIR>/results
 PRECISION = None  # of the showcase samples; None: the scale's (float32; at the cpu scale auto: bfloat16 where native)
@@ -116,15 +116,15 @@ def main(argv=None):
     # Every default lies in the gitignored run dir: checkpoints/ and results/cpu hold the committed set (and
     # results/cpu names README's table), replaced only when named.
     chains = config["GROUP"] == "chains"
-    out_dir = ensure_writable_dir(config["OUT_DIR"] or run_dir / ("chains" if chains else "results"))
+    out_dir = ensure_writable_dir(config["OUT_DIR"] or run_dir / ("chain_results" if chains else "results"))
 
     def summary(timings):
-        if chains:  # the times of this group's stages (timings.json holds the run dir's every stage)
-            names = {stage.name for stage in chain_graph(plan, base_dir)}
-            return write_chain_summary(out_dir, Path(config["COMPARE_DIR"] or run_dir / "results"),
-                                       {name: t for name, t in timings.items() if name in names},
+        # timings.json holds every stage the run dir has run: each group's summary gives its own stages' times.
+        own = {name: t for name, t in timings.items() if name.startswith(CHAIN_PREFIX) == chains}
+        if chains:
+            return write_chain_summary(out_dir, Path(config["COMPARE_DIR"] or run_dir / "results"), own,
                                        config["SEED"]).read_text()
-        return write_summary(out_dir, scale, timings, config["SEED"], config["OUT_DIR"] is not None).read_text()
+        return write_summary(out_dir, scale, own, config["SEED"], config["OUT_DIR"] is not None).read_text()
 
     export_dir = Path(config["EXPORT_DIR"] or run_dir / "checkpoints")
     base_dir = Path(config["BASE_DIR"] or export_dir)

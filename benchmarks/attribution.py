@@ -12,6 +12,7 @@ rerun skips the cells that exist, so an interrupted run continues where it stopp
 
     python benchmarks/attribution.py                                   # every cell, cheapest first
     python benchmarks/attribution.py --only "g1$" --samplers heun-churn  # the λ = 1 rows, heun-churn only
+    python benchmarks/attribution.py --only "g1$" --samplers pc pc-denoised --ingredients exact_exact
     python benchmarks/attribution.py --plot-only                       # the table and plot of the finished cells
 """
 import json
@@ -42,7 +43,10 @@ from sculpting.showcase import SHOWCASE, classifier_checkpoints  # noqa: E402
 from sculpting.targets import target_distribution  # noqa: E402
 
 SAMPLERS = ["heun-churn", "pc"]  # heun-churn: the cpu recipe's 40 levels; pc: the row's committed steps
-INGREDIENTS = ["exact_exact", "learned_learned", "exact_learned", "learned_exact"]  # <bases>_<classifiers>
+# (pc-denoised: the same PC grid ending with the denoising step in place of the last Euler step)
+_EVERY_SAMPLER = ("heun-churn", "pc", "pc-denoised")
+_EVERY_INGREDIENTS = ("exact_exact", "learned_learned", "exact_learned", "learned_exact")  # <bases>_<classifiers>
+INGREDIENTS = list(_EVERY_INGREDIENTS)
 NUM_SAMPLES = 512
 PC_SAMPLES = 256  # PC with exact bases: a kernel sum over every training image at each of its 500-1,000 evaluations
 SEED = 0
@@ -84,11 +88,13 @@ def composition_of(models, observations, scales, ingredients, config, device, sd
 
 
 def sampler_for(name, stem, base_kind, config):
-    """(sampler, sample count) of a cell: the cpu recipe's heun-churn, or PC at the committed row's steps."""
+    """(sampler, sample count) of a cell: the cpu recipe's heun-churn, or PC at the committed row's steps (and
+    last step, or, for pc-denoised, the denoising one)."""
     if name == "heun-churn":
         return CPU_SAMPLER, config["NUM_SAMPLES"]
     committed = json.loads((Path(config["BASELINE_DIR"]) / f"{stem}.json").read_text())
-    return Sampler("pc", committed["num_steps"], committed.get("denoise_last_step", False)), \
+    denoise = committed.get("denoise_last_step", False) or name == "pc-denoised"
+    return Sampler("pc", committed["num_steps"], denoise), \
         config["PC_SAMPLES"] if base_kind == "exact" else config["NUM_SAMPLES"]
 
 
@@ -122,13 +128,19 @@ def cell_path(out, row, ingredients, sampler):
     return out / composition_stem(*row[1:]) / f"{ingredients}_{sampler}.json"
 
 
+def sampler_label(cell) -> str:
+    """A cell's sampler as the table names it: pc:250, pc:250 denoised (its last step), heun-churn:40."""
+    denoised = " denoised" if cell["sampler"] == "pc" and cell.get("denoise_last_step") else ""
+    return f"{cell['sampler']}:{cell['num_steps']}{denoised}"
+
+
 def table(results) -> str:
     lines = ["| row | sampler | ingredients (bases, classifiers) | n | support precision (95% CI) | TV (95% CI) | "
              "TV of n exact draws | unrecognisable | s |", "|---|---|---|---|---|---|---|---|---|"]
     for cell in results:
         lo, hi = cell["support_precision_ci"]
         tv_lo, tv_hi = cell["tv_distance_ci"]
-        lines.append(f"| {cell['row']} | {cell['sampler']}:{cell['num_steps']} | {cell['ingredients'].replace('_', ', ')}"
+        lines.append(f"| {cell['row']} | {sampler_label(cell)} | {cell['ingredients'].replace('_', ', ')}"
                      f" | {cell['num_samples']} | {cell['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
                      f"{cell['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | {cell['tv_of_exact_samples']['mean']:.3f} | "
                      f"{cell['unrecognisable_share']:.1%} | {cell['sampling_seconds']:.0f} |")
@@ -144,10 +156,11 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     rows = list(dict.fromkeys(cell["row"] for cell in results))
-    columns = list(dict.fromkeys(f"{cell['ingredients']}\n{cell['sampler']}" for cell in results))
+    columns = list(dict.fromkeys(f"{cell['ingredients']}\n{sampler_label(cell)}" for cell in results))
     grid = torch.full((len(rows), len(columns)), float("nan"))
     for cell in results:
-        grid[rows.index(cell["row"]), columns.index(f"{cell['ingredients']}\n{cell['sampler']}")] = cell["tv_distance"]
+        grid[rows.index(cell["row"]), columns.index(f"{cell['ingredients']}\n{sampler_label(cell)}")] = \
+            cell["tv_distance"]
     figure, axis = plt.subplots(figsize=(1.6 * len(columns) + 3, 0.45 * len(rows) + 1.5))
     image = axis.imshow(grid.numpy(), cmap="viridis_r", vmin=0, vmax=1)
     for i in range(len(rows)):
@@ -165,7 +178,7 @@ def plot(results, path):
 
 
 def main(argv=None):
-    config = configure(globals(), argv, choices={"SAMPLERS": ("heun-churn", "pc"), "INGREDIENTS": tuple(INGREDIENTS)})
+    config = configure(globals(), argv, choices={"SAMPLERS": _EVERY_SAMPLER, "INGREDIENTS": _EVERY_INGREDIENTS})
     out = Path(config["OUT_DIR"])
     out.mkdir(parents=True, exist_ok=True)
     device, sde, cache = get_device(config["DEVICE"]), VESDE(), {}
@@ -181,7 +194,9 @@ def main(argv=None):
         path.write_text(json.dumps(cell, indent=2) + "\n")
         print(f"  TV {cell['tv_distance']:.3f}, support precision {cell['support_precision']:.1%}, "
               f"{cell['sampling_seconds']:.0f} s", flush=True)
-    results = [json.loads(path.read_text()) for row, ingredients, sampler in cells_to_run(config)
+    # The table holds every finished cell of the selected rows, of whichever sampler and ingredients.
+    every_cell = cells_to_run({**config, "SAMPLERS": _EVERY_SAMPLER, "INGREDIENTS": _EVERY_INGREDIENTS})
+    results = [json.loads(path.read_text()) for row, ingredients, sampler in every_cell
                if (path := cell_path(out, row, ingredients, sampler)).is_file()]
     text = table(results)
     print(text)

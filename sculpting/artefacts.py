@@ -72,8 +72,10 @@ def provenance_sidecar(checkpoint) -> Path:
 
 
 def reference_classifier_checkpoint(classifier_name, folder=CHECKPOINT_DIR) -> str:
-    """<folder>/<classifier_name>_ckpt_<the reference's step>.pth."""
-    return str(Path(folder) / classifier_checkpoint(classifier_name, REFERENCE_STEPS[classifier_name]))
+    """<folder>/<classifier_name>_ckpt_<the reference's step>.pth; a classifier of other pairs (a composite's, a
+    chain's) is a 2-model joint classifier, read at the joint classifier's step."""
+    step = REFERENCE_STEPS.get(classifier_name, REFERENCE_STEPS[JOINT_CLASSIFIER])
+    return str(Path(folder) / classifier_checkpoint(classifier_name, step))
 
 
 def accuracy_plot(classifier_name) -> str:

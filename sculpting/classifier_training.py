@@ -32,7 +32,7 @@ from sculpting.artefacts import (accuracy_plot, classifier_checkpoint, classifie
 from sculpting.checkpoints import (atomic_write_text, classifier_provenance, ensure_writable_dir,
                          refuse_shipped, remove_files, write_provenance)
 from sculpting.cli import configure, flag_name
-from sculpting.composites import COMPOSITE_GUIDANCE, load_model, model_channels, model_source
+from sculpting.composites import COMPOSITE_GUIDANCE, load_model, model_channels, model_identity, model_source
 from sculpting.errors import UserError
 from sculpting.losses import (JOINT_STEP_FRACTION, NON_TERMINAL_MAX_TIME, conditional_classifier_loss, conditional_keep_prob,
                     joint_non_terminal_loss, joint_soft_targets, joint_terminal_loss, select_steps)
@@ -69,15 +69,17 @@ def parse_config(namespace, argv=None):
 
 def refuse_repeated_base_models(config):
     """A classifier learns which base model drew a sample: a model named twice gives two labels of one distribution,
-    which no classifier can tell apart (training would run for hours towards a meaningless one)."""
+    which no classifier can tell apart (training would run for hours towards a meaningless one). A composite is
+    the same model however its name is spelt (MN2xMN3, MN3xMN2)."""
     first_flag_of = {}
     for name, model in config.items():
         if not re.fullmatch(r"GEN_IDX_\d+", name):
             continue
-        if model in first_flag_of:
-            raise UserError(f"{first_flag_of[model]} and {flag_name(name)} name the same model {model}; a classifier "
-                            f"separates different models")
-        first_flag_of[model] = flag_name(name)
+        identity = model_identity(model)
+        if identity in first_flag_of:
+            raise UserError(f"{first_flag_of[identity]} and {flag_name(name)} name the same model {model}; a "
+                            f"classifier separates different models")
+        first_flag_of[identity] = flag_name(name)
 
 
 def checkpoint_path(config, step):

@@ -19,8 +19,8 @@ from pathlib import Path
 from custom_datasets import BASE_DATASETS, dataset_spec
 from models.classifier_model import JointYClassifier
 from models.compositions import BinaryDiffusionComposition
-from sculpting.artefacts import (JOINT_CLASSIFIER, REFERENCE_STEPS, SUBDIGITS_CLASSIFIER, base_model_path,
-                                 classifier_checkpoint)
+from sculpting.artefacts import (JOINT_CLASSIFIER, SUBDIGITS_CLASSIFIER, base_model_path,
+                                 reference_classifier_checkpoint)
 from sculpting.checkpoints import check_provenance, file_sha256, load_classifier, load_score_model
 from sculpting.errors import UserError
 
@@ -59,6 +59,11 @@ class Composite:
     def classifier_name(self) -> str:
         return pair_classifier_name(*self.pair)
 
+    @property
+    def identity(self) -> tuple:
+        """What the composite samples, whichever way its name is spelt (MN3xMN2 is MN2xMN3)."""
+        return self.pair, self.observations
+
     def describe(self) -> str:
         return f"{self.models[0]} {OPERATORS[self.operator]} {self.models[1]}"
 
@@ -95,6 +100,12 @@ def is_model_name(name) -> bool:
     return True
 
 
+def model_identity(name):
+    """What a model samples: a base model's name, or a composite's identity (the same for MN2xMN3 and MN3xMN2)."""
+    composite = parse_model(name)
+    return composite.identity if composite else str(name)
+
+
 def model_channels(name) -> int:
     """The image channels of a base model or a composite."""
     composite = parse_model(name)
@@ -114,13 +125,16 @@ class CompositeSource:
         return f"{self.composite.name} ({parts}, classifier {self.classifier}, guidance {self.guidance:g})"
 
     def provenance_entry(self) -> dict:
-        """What a record names this composite by: its parts and their SHA-256; "sha256" digests them all, so that a
-        composite whose base models, classifier or guidance changed is another model."""
+        """What a record names this composite by: its parts and their SHA-256. "sha256" digests what the composite
+        is (its labels, guidance, and its files' contents, not where they lie), so that a composite whose base
+        models, classifier or guidance changed is another model, and a moved folder is the same one."""
         parts = {"observations": list(self.composite.observations), "guidance": self.guidance,
                  "base_models": [{"name": name, "checkpoint": str(path), "sha256": file_sha256(path)}
                                  for name, path in zip(self.composite.pair, self.checkpoints)],
                  "classifier": {"checkpoint": str(self.classifier), "sha256": file_sha256(self.classifier)}}
-        digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        identity = {**parts, "base_models": [entry["sha256"] for entry in parts["base_models"]],
+                    "classifier": parts["classifier"]["sha256"]}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         return {"name": self.composite.name, "checkpoint": str(self.classifier), "sha256": digest, "composite": parts}
 
     def sha256(self) -> str:
@@ -136,8 +150,8 @@ class CompositeSource:
                             f"{self.classifier}, which does not exist; train it with train_classifier.py "
                             f"--gen-idx-1 {first} --gen-idx-2 {second} --classifier-name {composite.classifier_name}, "
                             f"or pass --composite-classifier-dir")
-        check_provenance(self.classifier, list(zip(composite.pair, self.checkpoints)), force=force)
         bases = [load_score_model(path, sde, device, input_channels=channels) for path in self.checkpoints]
+        check_provenance(self.classifier, list(zip(composite.pair, self.checkpoints)), force=force)
         classifier = load_classifier(self.classifier, JointYClassifier, device, "train_classifier.py")
         return BinaryDiffusionComposition(bases, classifier, *composite.observations, guidance_scale=self.guidance)
 
@@ -152,10 +166,9 @@ def model_source(name, ckpt_dir, epoch, classifier_dir=None, guidance=COMPOSITE_
     if checkpoint:
         raise UserError(f"{name} is a composite: it is built from its base models' checkpoints in the checkpoint "
                         f"folder, not from one file; leave its checkpoint path unset")
-    classifier = Path(classifier_dir or ckpt_dir) / classifier_checkpoint(composite.classifier_name,
-                                                                          REFERENCE_STEPS[JOINT_CLASSIFIER])
+    classifier = reference_classifier_checkpoint(composite.classifier_name, classifier_dir or ckpt_dir)
     return CompositeSource(composite, tuple(base_model_path(ckpt_dir, part, epoch) for part in composite.pair),
-                           str(classifier), float(guidance))
+                           classifier, float(guidance))
 
 
 def load_model(source, sde, device, input_channels=None, force=False):

@@ -61,6 +61,7 @@ SCALES = {
                               "--batch-size", "16", "--classifier-channels", "32", "32", "--test-samples", "32",
                               "--test-every", "25", "--ckpt-every", "25"],
         "classifier_steps": {THREE_WAY_CLASSIFIER: 300, CONDITIONAL_CLASSIFIER: 100},
+        "chain_classifier_flags": [],  # classifier_flags' batch of 64 per model is the reference's for a chain
         "sampler": "heun-churn", "steps": CPU_STEPS, "pool_flags": POOL_SAMPLING,
         "sample_flags": ["--batch-size", "128", "--compile", "auto"], "precision": "auto",
         # Each base model alone, for the rows' plug-in targets (evaluate_composition --base-evaluations).
@@ -71,6 +72,8 @@ SCALES = {
     "paper": {
         "base_preset": "paper", "half_precision": False, "base_epochs": {},
         "classifier_flags": [], "subdigits_classifier_flags": [], "three_way_flags": [], "conditional_flags": [],
+        # A chain classifier trains on 64 fresh trajectories per model and step (docs/reference.md §9).
+        "chain_classifier_flags": ["--batch-size", "64", "--pool-size", "64"],
         "classifier_steps": {}, "sampler": "pc", "steps": PAPER_STEPS, "pool_flags": [],
         "sample_flags": ["--batch-size", "128"], "individual_samples": 512,
         "precision": "float32", "denoise_last_step": False, "jobs": 1,

@@ -3,8 +3,8 @@
 Data shared by reproduce.py (which samples and evaluates them) and the benchmarks (which sample them
 at other settings), so that the rows are declared once.
 """
-from sculpting.artefacts import (CONDITIONAL_CLASSIFIER, JOINT_CLASSIFIER, SUBDIGITS_CLASSIFIER, THREE_WAY_CLASSIFIER,
-                       reference_classifier_checkpoint)
+from sculpting.artefacts import CONDITIONAL_CLASSIFIER, THREE_WAY_CLASSIFIER, reference_classifier_checkpoint
+from sculpting.composites import pair_classifier_name
 
 # (sample script, models, observations, guidance scales)
 SHOWCASE = [  # most important first: an interrupted run has these
@@ -44,5 +44,4 @@ def classifier_checkpoints(models, export_dir):
     if len(models) == 3:
         return (reference_classifier_checkpoint(THREE_WAY_CLASSIFIER, export_dir),
                 reference_classifier_checkpoint(CONDITIONAL_CLASSIFIER, export_dir))
-    name = SUBDIGITS_CLASSIFIER if list(models) == ["1", "2"] else JOINT_CLASSIFIER
-    return reference_classifier_checkpoint(name, export_dir), None
+    return reference_classifier_checkpoint(pair_classifier_name(*models), export_dir), None

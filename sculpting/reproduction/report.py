@@ -65,12 +65,7 @@ def write_summary(out_dir: Path, scale: str, timings: dict, seed: int = 0, named
     rows = results_table(out_dir, seed)
     times = "\n".join(times_table(timings))
     path = out_dir.parent / f"{out_dir.name}.md"
-    previous = path.read_text() if path.exists() else ""
-    times_section = f"{TIMES_HEADING}{times}\n" if times else ""
-    if not times and TIMES_HEADING in previous:
-        # A run dir without timings (--summary-only over rows sampled elsewhere, or a run dir since deleted)
-        # keeps the times an earlier call measured.
-        times_section = TIMES_HEADING + previous.split(TIMES_HEADING, 1)[1]
+    times_section = times_section_of(times, path)
     command = (f"python reproduce.py --scale {scale}" + (f" --seed {seed}" if seed else "")
                + (f" --out-dir {Path(os.path.relpath(out_dir))}" if named else ""))
     path.write_text(f"Written by `{command}` into `{Path(os.path.relpath(out_dir))}/` "
@@ -172,16 +167,25 @@ def _measured(report) -> str:
     return f"{report['support_precision']:.1%}; {report['tv_distance']:.3f}" if report else "pending"
 
 
+def times_section_of(times: str, path: Path) -> str:
+    """The stage-times section of the summary `path`: `times`, or, where this call has none (--summary-only over
+    rows sampled elsewhere, or a run dir since deleted), the times an earlier call measured; "" if neither."""
+    previous = path.read_text() if path.exists() else ""
+    if not times and TIMES_HEADING in previous:
+        return TIMES_HEADING + previous.split(TIMES_HEADING, 1)[1]
+    return f"{TIMES_HEADING}{times}\n" if times else ""
+
+
 def write_chain_summary(out_dir: Path, three_way_dir: Path, timings: dict, seed: int = 0) -> Path:
     """<out_dir>.md: the chained rows, their comparison with the 3-way route, the stages' wall times; also the
     tables between the markers chains:<out_dir name> and chains-vs-3way:<out_dir name> in README and docs/*.md."""
     rows, comparison = chain_table(out_dir, seed), chain_comparison(out_dir, three_way_dir, seed)
-    times = times_table(timings)
     path = out_dir.parent / f"{out_dir.name}.md"
+    times_section = times_section_of("\n".join(times_table(timings)), path)
     path.write_text(f"Written by `python reproduce.py --group chains --out-dir {Path(os.path.relpath(out_dir))}` "
                     f"(README gives the full commands).\n\n" + "\n".join(rows) + "\n\nThe chains a ⊗ (b ⊗ c) "
                     f"against the 3-way route (`{Path(os.path.relpath(three_way_dir))}`):\n\n" + "\n".join(comparison)
-                    + (TIMES_HEADING + "\n".join(times) + "\n" if times else "\n"))
+                    + (times_section or "\n"))
     for document in [Path("README.md"), *sorted(Path("docs").glob("*.md"))]:
         links = f"]({out_dir.name}/", f"]({Path(os.path.relpath(out_dir, document.parent))}/"
         update_markers(document, f"chains:{out_dir.name}", "\n".join(rows).replace(*links))

@@ -158,6 +158,7 @@ def stage_graph(plan: Plan, selects) -> list:
 
 CHAIN_MODELS = ["MN1", "MN2", "MN3"]
 CHAIN_OBSERVATIONS = [(1, 1), (1, 2), (2, 2)]
+CHAIN_PREFIX = "chains: "  # of every chain stage's name: the group shares its run dir's logs and timings.json
 CHAIN_GUIDANCE = 20.0  # of the chained compositions and inside each composite, as the reference samples them
 
 
@@ -189,20 +190,21 @@ def chain_graph(plan: Plan, base_dir: Path) -> list:
     stages = []
 
     def stage(name, outputs, command, after=(), kind=None):
-        stages.append(Stage(name, [Path(p) for p in outputs], command, None, tuple(after), (), kind))
-        return name
+        stages.append(Stage(CHAIN_PREFIX + name, [Path(p) for p in outputs], command, None, tuple(after), (), kind))
+        return stages[-1].name
 
     def train(name, classifier_name, models, pools):
         return stage(name, [chain_dir / classifier_checkpoint(classifier_name, steps)], [
             "train_classifier.py", "--gen-idx-1", models[0], "--gen-idx-2", models[1], "--classifier-name",
             classifier_name, "--gen-ckpt-dir", str(base_dir), "--ckpt-dir", str(chain_dir), "--steps", str(steps),
             "--sampler", plan.sampler, "--trajectory-steps", str(steps_of[pools]), *settings["pool_flags"],
-            *settings["classifier_flags"], *guidance, *seed, "--overwrite"],
+            *settings["classifier_flags"], *settings["chain_classifier_flags"], *guidance, *seed, "--overwrite"],
             after=[pair_classifiers[parse_model(m).pair] for m in models if parse_model(m)], kind="classifier")
 
+    # A sample's record holds its composites' SHA-256: a rerun after a classifier was remade replaces it.
     sample_flags = [*settings["sample_flags"], "--precision", plan.precision, "--sampler", plan.sampler, *seed,
                     "--denoise-last-step" if plan.denoise_last_step else "--no-denoise-last-step",
-                    "--gen-ckpt-dir", str(base_dir), "--out-dir", str(out_dir), *guidance]
+                    "--gen-ckpt-dir", str(base_dir), "--out-dir", str(out_dir), *guidance, "--overwrite"]
 
     def alone(model):
         """Sample a base model or a composite alone and evaluate it: its cells for the plug-in targets."""
@@ -223,11 +225,11 @@ def chain_graph(plan: Plan, base_dir: Path) -> list:
                                                       "base_pools")
     # The chain classifiers, the longest stages, first; then each model alone (the plug-in targets), then the rows.
     chains = dict.fromkeys((model, composite) for model, composite, _ in chain_rows())
-    chain_classifiers = {composite: train(f"chain classifier {model}/{composite}",
-                                          chain_classifier_name(model, composite), [model, composite],
-                                          "composition_pools")
+    chain_classifiers = {(model, composite): train(f"chain classifier {model}/{composite}",
+                                                   chain_classifier_name(model, composite), [model, composite],
+                                                   "composition_pools")
                          for model, composite in chains}
-    evaluated = {model: alone(model) for model in [*CHAIN_MODELS, *chain_classifiers]}
+    evaluated = {model: alone(model) for model in [*CHAIN_MODELS, *dict.fromkeys(c for _, c in chains)]}
     for model, composite, observations in chain_rows():
         stem = composition_stem([model, composite], observations, [CHAIN_GUIDANCE], plan.seed)
         classifier = chain_dir / classifier_checkpoint(chain_classifier_name(model, composite), steps)
@@ -236,7 +238,7 @@ def chain_graph(plan: Plan, base_dir: Path) -> list:
             "--y-2", str(observations[1]), "--guidance", f"{CHAIN_GUIDANCE:g}", "--classifier-ckpt", str(classifier),
             "--num-samples", str(plan.num_samples), *sample_flags,
             "--num-steps", str(plan.num_steps or steps_of["samples"][2])],
-            after=[chain_classifiers[composite]], kind="sample")
+            after=[chain_classifiers[(model, composite)]], kind="sample")
         stage(f"evaluate {stem}", [out_dir / evaluation_report(stem)], [
             "evaluate_composition.py", str(out_dir / f"{stem}.pt"), "--base-evaluations",
             *(str(out_dir / evaluation_report(individual_stem(m, plan.seed))) for m in (model, composite))],

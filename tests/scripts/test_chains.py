@@ -14,7 +14,7 @@ from models.classifier_model import JointYClassifier
 from models.compositions import BinaryDiffusionComposition
 from sculpting.artefacts import composition_stem
 from sculpting.checkpoints import classifier_provenance
-from sculpting.composites import parse_model
+from sculpting.composites import load_model, model_source, parse_model
 from sculpting.errors import UserError
 from sculpting.reproduction.report import write_chain_summary
 from sculpting.reproduction.stages import chain_rows
@@ -122,6 +122,20 @@ def test_a_composite_samples_trains_a_chain_classifier_and_records_its_parts(com
         sample_composition.main(chained + ["--composite-guidance", "5", "--overwrite"])
 
 
+def test_a_composite_is_its_files_contents_wherever_they_lie_and_however_it_is_spelt(composite_files, tmp_path_factory):
+    moved = tmp_path_factory.mktemp("moved")
+    for path in composite_files.glob("*.pth*"):
+        (moved / path.name).write_bytes(path.read_bytes())
+    sources = [model_source("MN2xMN3", folder, 195) for folder in (composite_files, moved)]
+    assert sources[0].sha256() == sources[1].sha256() == model_source("MN3xMN2", moved, 195).sha256()
+    assert sources[0].sha256() != model_source("MN2xMN3", moved, 195, guidance=5.0).sha256()
+    (moved / "gen_MN3_ckpt_195.pth").unlink()  # a part missing: the loader's one line, not a traceback
+    with pytest.raises(UserError, match="gen_MN3_ckpt_195.pth not found"):
+        load_model(model_source("MN2xMN3", moved, 195), SDE, "cpu")
+    with pytest.raises(UserError, match="--gen-idx-1 and --gen-idx-2 name the same model MN3xMN2"):
+        train_classifier.main(["--gen-idx-1", "MN2xMN3", "--gen-idx-2", "MN3xMN2", "--device", "cpu"])
+
+
 def test_a_composite_without_its_pair_classifier_says_how_to_train_it(composite_files):
     (composite_files / "classifier_MN2_MN3_ckpt_200.pth").unlink()
     with pytest.raises(UserError, match="train it with train_classifier.py --gen-idx-1 MN2 --gen-idx-2 MN3 "
@@ -131,12 +145,15 @@ def test_a_composite_without_its_pair_classifier_says_how_to_train_it(composite_
 
 def test_the_chain_group_runs_each_stage_after_what_it_reads(tmp_path, capsys):
     pipeline = reproduce.main(["--group", "chains", "--dry-run", "--run-dir", str(tmp_path / "run"), "--base-dir",
-                               str(tmp_path / "bases"), "--out-dir", str(tmp_path / "chains")])
+                               str(tmp_path / "bases")])
     names = [stage.name for stage in pipeline.stages]
     for position, stage in enumerate(pipeline.stages):
         assert all(names.index(needed) < position for needed in stage.after), stage.name
-    needs = {stage.name: set(stage.after) for stage in pipeline.stages}
-    commands = {stage.name: " ".join(stage.command) for stage in pipeline.stages}
+    # The group's stage names are its own: it shares the run dir's logs and timings with the showcase's stages.
+    assert all(name.startswith("chains: ") for name in names)
+    names = [name[len("chains: "):] for name in names]
+    needs = {name: {needed[len("chains: "):] for needed in stage.after} for name, stage in zip(names, pipeline.stages)}
+    commands = {name: " ".join(stage.command) for name, stage in zip(names, pipeline.stages)}
     assert sum(name.startswith("chain classifier") for name in names) == 9
     assert sum(name.startswith("evaluate composition") for name in names) == 27 == len(chain_rows())
     assert needs["chain classifier MN1/MN3-MN2"] == {"classifier MN2/MN3"}
@@ -147,6 +164,8 @@ def test_the_chain_group_runs_each_stage_after_what_it_reads(tmp_path, capsys):
     assert "--gen-idx-2 MN3-MN2" in chained and "chain_MN1_MN3-MN2_ckpt_200.pth" in chained
     assert f"--gen-ckpt-dir {tmp_path / 'bases'}" in chained and "--composite-guidance 20" in chained
     assert "--classifier-name classifier_MN2_MN3" in commands["classifier MN2/MN3"]
+    assert all(path.parent == tmp_path / "run" / "chain_results" for name, stage in zip(names, pipeline.stages)
+               if name.startswith("sample") for path in stage.outputs)
 
 
 def test_the_chain_summary_gives_each_row_and_the_3way_comparison(tmp_path, monkeypatch):
@@ -162,9 +181,12 @@ def test_the_chain_summary_gives_each_row_and_the_3way_comparison(tmp_path, monk
     (out_dir / f"{stem}_eval.json").write_text(json.dumps(report))
     (three_way_dir / "composition_MN1_MN2_MN3_y1-1_y2-2_y3-3_g10_g75_eval.json").write_text(
         json.dumps({**report, "support_precision": 0.959, "tv_distance": 0.041}))
-    text = write_chain_summary(out_dir, three_way_dir, {"chain classifier MN1/MN2xMN3": 300.2}).read_text()
+    text = write_chain_summary(out_dir, three_way_dir, {"chains: chain classifier MN1/MN2xMN3": 300.2}).read_text()
     assert "| MN1 ⊗ (MN2 ⊗ MN3) | MN1 | MN2xMN3 | (1, 2) | 256 | 97.0% (95.0%–98.0%) | 0.030 (0.020–0.050) |" in text
     assert "| 90.0% | 0.100 (0.080–0.120) |" in text and text.count("pending") == 26 + 2  # 2 comparisons pending
     comparison = "| MN1 ⊗ (MN2 ⊗ MN3) | green 0 100.0% | green 0 100.0% | 0.000 | 97.0%; 0.030 | 95.9%; 0.041 |"
     assert comparison in text
-    assert "| chain classifier MN1/MN2xMN3 | 300 |" in text
+    assert "| chains: chain classifier MN1/MN2xMN3 | 300 |" in text
+    # --summary-only, without the run dir's timings, keeps the times an earlier call measured.
+    assert write_chain_summary(out_dir, three_way_dir, {}).read_text().endswith("| chains: chain classifier "
+                                                                               "MN1/MN2xMN3 | 300 |\n")
