@@ -45,8 +45,8 @@ from sculpting.targets import target_distribution  # noqa: E402
 SAMPLERS = ["heun-churn", "pc"]  # heun-churn: the cpu recipe's 40 levels; pc: the row's committed steps
 # (pc-denoised: the same PC grid ending with the denoising step in place of the last Euler step)
 _EVERY_SAMPLER = ("heun-churn", "pc", "pc-denoised")
-_EVERY_INGREDIENTS = ("exact_exact", "learned_learned", "exact_learned", "learned_exact")  # <bases>_<classifiers>
-INGREDIENTS = list(_EVERY_INGREDIENTS)
+_EVERY_INGREDIENTS = ("exact_exact", "learned_learned", "exact_learned", "learned_exact")
+INGREDIENTS = list(_EVERY_INGREDIENTS)  # the cells' ingredients, each <bases>_<classifiers>: exact or learned
 NUM_SAMPLES = 512
 PC_SAMPLES = 256  # PC with exact bases: a kernel sum over every training image at each of its 500-1,000 evaluations
 SEED = 0
