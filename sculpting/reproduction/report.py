@@ -40,11 +40,9 @@ def results_table(out_dir: Path, seed: int = 0) -> list:
         notes += ["last step denoised"] if settings.get("denoise_last_step") else []
         name += f" ({', '.join(notes)})" if notes else ""
         name += f" | {settings.get('num_steps', '?')}"
-        lo, hi = report["support_precision_ci"]
-        tv_lo, tv_hi = report["tv_distance_ci"]
         plug_in = f"{report['plug_in_target']['support_precision']:.1%}" if "plug_in_target" in report else "–"
-        rows.append(f"| {name} | {report['num_samples']} | {report['support_precision']:.1%} ({lo:.1%}–{hi:.1%}) | "
-                    f"{report['tv_distance']:.3f} ({tv_lo:.3f}–{tv_hi:.3f}) | "
+        rows.append(f"| {name} | {report['num_samples']} | {_percent_ci(report, 'support_precision')} | "
+                    f"{_tv_ci(report)} | "
                     f"{report['tv_of_exact_samples']['mean']:.3f} | {report['unrecognisable_share']:.1%} | "
                     f"{plug_in} | [png]({out_dir.name}/{stem}.png) |")
     return rows
